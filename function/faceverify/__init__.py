@@ -1,0 +1,1 @@
+"""Face comparison service: HTTP contract, engines and the helpers the connector shares."""

@@ -1,0 +1,160 @@
+"""The HTTP contract (docs/api.md): routing, input checks, error mapping and one log line a call."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import flask
+
+from .config import Settings, load_settings
+from .engines import Comparison, Deadline, Engine, Reference, get_engine
+from .errors import FaceIdError, bad_request
+from .images import EncodedImage, parse_image
+from .logs import TRACE_HEADER, log, trace_id
+
+MAX_REFERENCES = 10
+ID_MAX_LEN = 128
+ROUTES = {"/": "verify", "/verify": "verify", "/inspect": "inspect"}
+
+
+def _json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> flask.Response:
+    response = flask.Response(
+        json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json"
+    )
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_response(error: FaceIdError) -> flask.Response:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if error.status == 405:
+        headers["Allow"] = "POST"
+    return _json_response(error.to_json(), error.status, headers)
+
+
+def read_json_body(request: flask.Request, limit: int) -> dict[str, Any]:
+    """Read at most `limit` bytes (413 beyond) and parse one JSON object (400 otherwise)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_request("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object")
+    return body
+
+
+def _threshold(body: dict[str, Any], engine: Engine) -> float:
+    value = body.get("threshold")
+    if value is None:
+        return engine.default_threshold()
+    low, high = engine.score_range
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_request("'threshold' must be a number")
+    if not low <= value <= high:
+        raise bad_request(f"'threshold' must be between {low:g} and {high:g} for this engine")
+    return float(value)
+
+
+def _references(body: dict[str, Any], settings: Settings) -> list[Reference]:
+    refs = body.get("references")
+    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_REFERENCES:
+        raise bad_request(f"'references' must be a list of 1 to {MAX_REFERENCES} items")
+    parsed = []
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            raise bad_request(f"references[{i}] must be an object with 'id' and 'image'")
+        ref_id = ref.get("id")
+        if not isinstance(ref_id, str) or not 1 <= len(ref_id) <= ID_MAX_LEN:
+            raise bad_request(f"references[{i}].id must be a string of 1 to {ID_MAX_LEN} chars")
+        image = parse_image(ref.get("image"), f"references[{i}].image", settings.max_image_pixels)
+        parsed.append(Reference(ref_id, image))
+    return parsed
+
+
+def _verify(body: dict[str, Any], settings: Settings, engine: Engine) -> dict[str, Any]:
+    probe: EncodedImage = parse_image(body.get("probe"), "probe", settings.max_image_pixels)
+    references = _references(body, settings)
+    threshold = _threshold(body, engine)
+    result: Comparison = engine.verify(
+        probe, references, threshold, Deadline(settings.upstream_timeout_s)
+    )
+    matched = result.matched and result.score >= threshold
+    return {
+        "verdict": "match" if matched else "no_match",
+        "matched_id": result.reference_id if matched else None,
+        "score": round(result.score, 4),
+        "threshold": threshold,
+        "engine": engine.name,
+        "faces_in_probe": result.faces_in_probe,
+    }
+
+
+def _inspect(body: dict[str, Any], settings: Settings, engine: Engine) -> dict[str, Any]:
+    image = parse_image(body.get("image"), "image", settings.max_image_pixels)
+    faces = engine.inspect(image, Deadline(settings.upstream_timeout_s))
+    return {
+        "faces": [{"box": list(f.box), "quality": f.quality} for f in faces],
+        "engine": engine.name,
+    }
+
+
+def handle(request: flask.Request) -> flask.Response:
+    """Answer one request; every failure becomes a JSON error, never a traceback or a match."""
+    started = time.perf_counter()
+    trace = trace_id(request.headers.get(TRACE_HEADER))
+    action = ROUTES.get(request.path.rstrip("/") or "/")
+    fields: dict[str, Any] = {"action": action, "path": request.path[:100]}
+    try:
+        if action is None:
+            raise FaceIdError(404, "not_found", "Unknown path; use POST / or POST /inspect")
+        if request.method != "POST":
+            raise FaceIdError(405, "method_not_allowed", "Use POST with a JSON body")
+        settings = load_settings()
+        body = read_json_body(request, settings.max_request_bytes)
+        engine = get_engine(settings)
+        fields["engine"] = engine.name
+        answer = (_verify if action == "verify" else _inspect)(body, settings, engine)
+        elapsed = round((time.perf_counter() - started) * 1000, 1)
+        if action == "verify":
+            answer["elapsed_ms"] = elapsed
+            fields.update(verdict=answer["verdict"], score=answer["score"])
+        else:
+            fields["faces"] = len(answer["faces"])
+        log("INFO", f"{action} done", trace=trace, status=200, elapsed_ms=elapsed, **fields)
+        return _json_response(answer, 200)
+    except FaceIdError as error:
+        _log_refusal(error, action, trace, started, fields)
+        return error_response(error)
+    except Exception as exc:  # a bug must still fail closed, without leaking details
+        log("ERROR", "unexpected failure", trace=trace, error_type=type(exc).__name__, **fields)
+        return error_response(
+            FaceIdError(500, "internal_error", "The face service failed unexpectedly")
+        )
+
+
+def _log_refusal(
+    error: FaceIdError, action: str | None, trace: str | None, started: float, fields: dict
+) -> None:
+    log(
+        "ERROR" if error.status >= 500 else "WARNING",
+        f"{action or 'request'} refused: {error.message}",
+        trace=trace,
+        status=error.status,
+        code=error.code,
+        verdict="error",
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        **fields,
+    )
