@@ -15,7 +15,7 @@ $(STAMP): requirements.txt function/requirements.txt connector/requirements.txt 
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) lint typecheck macro-test pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,6 @@
 
 import flask
 import functions_framework
-
 from faceverify.service import handle
 
 

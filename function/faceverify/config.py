@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import config_error
 
@@ -20,7 +20,7 @@ class Settings:
     upstream_timeout_s: float = 10.0
     mxface_api_url: str = MXFACE_VERIFY_URL
     mxface_min_confidence: float = 60.0
-    mxface_key: str | None = None
+    mxface_key: str | None = field(default=None, repr=False)  # never printed
     mxface_key_secret: str | None = None
     local_match_threshold: float = 0.5
     min_face_px: int = 80

@@ -41,3 +41,24 @@ def invalid_image(message: str) -> FaceIdError:
 
 def no_face(message: str = "No face was found in the image. Look at the camera.") -> FaceIdError:
     return FaceIdError(422, "no_face", message)
+
+
+def face_too_small(
+    message: str = "The face is too small in the picture. Come closer to the camera.",
+) -> FaceIdError:
+    return FaceIdError(422, "face_too_small", message)
+
+
+def too_dark(
+    message: str = "The picture is too dark or the camera is covered. "
+    "Uncover the camera or turn on the light.",
+) -> FaceIdError:
+    return FaceIdError(422, "too_dark", message)
+
+
+def too_large(message: str) -> FaceIdError:
+    return FaceIdError(413, "too_large", message)
+
+
+def rate_limited(message: str, retry_after: int) -> FaceIdError:
+    return FaceIdError(429, "rate_limited", message, retry_after=retry_after)

@@ -1,4 +1,4 @@
-"""One JSON object per stdout line, the shape Cloud Run and Cloud Logging parse as structured logs."""
+"""One JSON object per stdout line: the shape Cloud Run parses as a structured log entry."""
 
 from __future__ import annotations
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import flask
 
 from .config import Settings, load_settings
 from .engines import Comparison, Deadline, Engine, Reference, get_engine
-from .errors import FaceIdError, bad_request
-from .images import EncodedImage, parse_image
+from .errors import FaceIdError, bad_request, too_large
+from .images import EncodedImage, check_pixels, parse_image
 from .logs import TRACE_HEADER, log, trace_id
 
 MAX_REFERENCES = 10
 ID_MAX_LEN = 128
 ROUTES = {"/": "verify", "/verify": "verify", "/inspect": "inspect"}
+READ_CHUNK = 256 * 1024
+_checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pixels")
 
 
 def _json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> flask.Response:
@@ -39,16 +42,31 @@ def error_response(error: FaceIdError) -> flask.Response:
     return _json_response(error.to_json(), error.status, headers)
 
 
+def _discard(stream: Any) -> None:
+    """Read what is left of a refused body without keeping it: the framework reads the rest of
+    every request after the answer, and would otherwise buffer a huge body in memory."""
+    while stream.read(READ_CHUNK):
+        pass
+
+
 def read_json_body(request: flask.Request, limit: int) -> dict[str, Any]:
-    """Read at most `limit` bytes (413 beyond) and parse one JSON object (400 otherwise)."""
+    """Read at most `limit` bytes (413 beyond, with or without Content-Length) and parse one
+    JSON object (400 otherwise)."""
+    stream = request.stream
     length = request.content_length
-    if length is not None and length > limit:
-        raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0 if length is None or length <= limit else length
+    while size <= limit:
+        chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        _discard(stream)
+        raise too_large(f"The request body is over {limit} bytes")
     try:
-        body = json.loads(raw)
+        body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_request("The request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -61,8 +79,11 @@ def _threshold(body: dict[str, Any], engine: Engine) -> float:
     if value is None:
         return engine.default_threshold()
     low, high = engine.score_range
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_request("'threshold' must be a number")
+    # json.loads takes NaN and Infinity; compare ints as ints (a huge one overflows a float).
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_request("'threshold' must be a finite number")
     if not low <= value <= high:
         raise bad_request(f"'threshold' must be between {low:g} and {high:g} for this engine")
     return float(value)
@@ -79,18 +100,29 @@ def _references(body: dict[str, Any], settings: Settings) -> list[Reference]:
         ref_id = ref.get("id")
         if not isinstance(ref_id, str) or not 1 <= len(ref_id) <= ID_MAX_LEN:
             raise bad_request(f"references[{i}].id must be a string of 1 to {ID_MAX_LEN} chars")
-        image = parse_image(ref.get("image"), f"references[{i}].image", settings.max_image_pixels)
+        image = parse_image(
+            ref.get("image"), f"references[{i}].image", settings.max_image_pixels, remember=True
+        )
         parsed.append(Reference(ref_id, image))
     return parsed
 
 
 def _verify(body: dict[str, Any], settings: Settings, engine: Engine) -> dict[str, Any]:
-    probe: EncodedImage = parse_image(body.get("probe"), "probe", settings.max_image_pixels)
+    max_pixels = settings.max_image_pixels
+    probe: EncodedImage = parse_image(body.get("probe"), "probe", max_pixels, pixels=False)
     references = _references(body, settings)
     threshold = _threshold(body, engine)
-    result: Comparison = engine.verify(
-        probe, references, threshold, Deadline(settings.upstream_timeout_s)
-    )
+    # The probe is new every time: prove its pixels decode while the engine is at work (the
+    # decoder releases the GIL) instead of before. Its verdict wins over the engine's.
+    pixels = _checks.submit(check_pixels, probe, "probe", max_pixels)
+    try:
+        result: Comparison = engine.verify(
+            probe, references, threshold, Deadline(settings.upstream_timeout_s)
+        )
+    except FaceIdError:
+        pixels.result()
+        raise
+    pixels.result()
     matched = result.matched and result.score >= threshold
     return {
         "verdict": "match" if matched else "no_match",
@@ -123,9 +155,9 @@ def handle(request: flask.Request) -> flask.Response:
         if request.method != "POST":
             raise FaceIdError(405, "method_not_allowed", "Use POST with a JSON body")
         settings = load_settings()
+        fields["engine"] = settings.engine
         body = read_json_body(request, settings.max_request_bytes)
         engine = get_engine(settings)
-        fields["engine"] = engine.name
         answer = (_verify if action == "verify" else _inspect)(body, settings, engine)
         elapsed = round((time.perf_counter() - started) * 1000, 1)
         if action == "verify":

@@ -1,0 +1,130 @@
+"""Administrator commands: devices, people, the audit log and a device check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from typing import Any
+
+from . import validation
+from .config import add_device, load_config, remove_device
+from .device import TlsPolicy
+from .enrollment import enroll_image
+from .runtime import build_runtime
+
+
+def add_parsers(commands: Any) -> None:
+    admin = commands.add_parser("admin", help="manage devices, people and the audit log")
+    sub = admin.add_subparsers(dest="admin_command", required=True)
+
+    p = sub.add_parser("add-device", help="add a device to the config; prints its token once")
+    p.add_argument("--serial", required=True)
+    p.add_argument("--host", required=True, help="device address, host or host:port")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password-ref", required=True, help="env:NAME, file:PATH or gsm:projects/...")
+    p.add_argument("--name", help="display name")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--ca-bundle", help="PEM file that signs the device's certificate")
+    tls.add_argument("--fingerprint", help="SHA-256 fingerprint of the device's certificate")
+    tls.add_argument("--insecure", action="store_true", help="do not verify the device (lab only)")
+
+    p = sub.add_parser("remove-device", help="remove a device and everyone enrolled on it")
+    p.add_argument("--serial", required=True)
+
+    p = sub.add_parser("enroll", help="enroll a person on a device from an image file")
+    p.add_argument("--serial", required=True)
+    p.add_argument("--person", required=True)
+    p.add_argument("--image", required=True, help="JPEG or PNG with exactly one face")
+
+    p = sub.add_parser("people", help="list the people enrolled on a device")
+    p.add_argument("--serial", required=True)
+
+    p = sub.add_parser("remove-person", help="remove a person and their reference photos")
+    p.add_argument("--serial", required=True)
+    p.add_argument("--person", required=True)
+
+    p = sub.add_parser("audit", help="show the audit log, newest first")
+    p.add_argument("--serial")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("test-device", help="sign in, take a snapshot, sign out, and report")
+    p.add_argument("--serial", required=True)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=str))
+
+
+def run(args: argparse.Namespace, config_path: str) -> int:
+    command = args.admin_command
+    if command == "add-device":
+        tls = TlsPolicy(
+            ca_bundle=args.ca_bundle, fingerprint_sha256=args.fingerprint, insecure=args.insecure
+        )
+        token = add_device(
+            config_path,
+            serial=validation.serial(args.serial),
+            host=args.host,
+            username=args.username,
+            password_ref=args.password_ref,
+            tls=tls,
+            name=args.name,
+        )
+        print(f"Device {args.serial} added. Its token (shown once, put it in the macro):")
+        print(token)
+        print("Restart the connector to load the new device.", file=sys.stderr)
+        return 0
+
+    rt = build_runtime(load_config(config_path))
+    try:
+        serial = validation.serial(args.serial) if getattr(args, "serial", None) else None
+        if command == "remove-device":
+            assert serial is not None
+            remove_device(config_path, serial)
+            rt.store.remove_device(serial)
+            print(f"Device {serial} removed with everyone enrolled on it.")
+        elif command == "enroll":
+            assert serial is not None
+            with open(args.image, "rb") as f:
+                data = f.read()
+            person = validation.person(args.person)
+            outcome = enroll_image(rt, serial, person, data, uuid.uuid4().hex, only_if_empty=False)
+            rt.audit(
+                uuid.uuid4().hex,
+                serial,
+                "enroll",
+                outcome=outcome.result,
+                code=outcome.code,
+                person=person,
+            )
+            print(f"{outcome.result}: {outcome.message}")
+            return 0 if outcome.result == "enrolled" else 1
+        elif command == "people":
+            assert serial is not None
+            for info in rt.store.people(serial):
+                print(f"{info.name}\t{info.references} photo(s)\tsince {info.created}")
+        elif command == "remove-person":
+            assert serial is not None
+            if not rt.store.remove_person(serial, validation.person(args.person)):
+                print(f"No person {args.person!r} on {serial}.", file=sys.stderr)
+                return 1
+            print(f"Removed {args.person} from {serial}.")
+        elif command == "audit":
+            for entry in rt.store.audit(limit=args.limit, serial=serial):
+                record = entry.to_json()
+                if args.json:
+                    _print_json(record)
+                else:
+                    print("\t".join(f"{k}={v}" for k, v in record.items() if v is not None))
+        elif command == "test-device":
+            assert serial is not None
+            if serial not in rt.devices:
+                print(f"No device {serial} in the configuration.", file=sys.stderr)
+                return 1
+            _print_json(rt.device_client.probe(rt.devices[serial].access))
+        return 0
+    finally:
+        rt.close()

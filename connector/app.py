@@ -1,0 +1,167 @@
+"""The macro-facing HTTP API (docs/api.md §2): authentication, input checks, signed answers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from faceverify.errors import FaceIdError, bad_request
+from flask import Flask, Response, g, request
+
+from . import validation
+from .auth import authenticate, bearer_token
+from .enrollment import enroll
+from .runtime import Device, Runtime
+from .signing import signature
+from .verification import audit_fields, verify
+
+ANSWER_TTL_S = 30
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    return response
+
+
+def _error(exc: FaceIdError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    return _json(exc.to_json(), exc.status, headers)
+
+
+def create_app(rt: Runtime) -> Flask:
+    app = Flask("faceid-connector")
+    app.config["MAX_CONTENT_LENGTH"] = rt.config.server.max_body_bytes
+
+    def source() -> str:
+        return request.remote_addr or "unknown"
+
+    def json_body() -> dict[str, Any]:
+        limit = rt.config.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+        raw = request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad_request("The request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object")
+        return body
+
+    def device_for(serial: Any) -> tuple[Device, str]:
+        """Authenticate before anything else is looked at; returns the device and its token."""
+        rt.auth_limiter.check(source())
+        serial = validation.serial(serial)
+        token = bearer_token(request.headers.get("Authorization"))
+        try:
+            authenticate(rt.token_hashes, serial, token)
+        except FaceIdError:
+            rt.auth_limiter.failed(source())
+            rt.log("WARNING", "authentication failed", source=source())
+            raise FaceIdError(401, "unauthorized", "Unknown device or wrong device token") from None
+        assert token is not None
+        return rt.devices[serial], token
+
+    @app.before_request
+    def start() -> None:
+        g.request_id = uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.errorhandler(FaceIdError)
+    def on_face_error(exc: FaceIdError) -> Response:
+        return _error(exc)
+
+    @app.errorhandler(404)
+    def on_not_found(_: Exception) -> Response:
+        return _error(FaceIdError(404, "not_found", "Unknown path"))
+
+    @app.errorhandler(405)
+    def on_bad_method(_: Exception) -> Response:
+        return _error(FaceIdError(405, "method_not_allowed", "Method not allowed on this path"))
+
+    @app.errorhandler(413)
+    def on_too_large(_: Exception) -> Response:
+        limit = rt.config.server.max_body_bytes
+        return _error(FaceIdError(413, "too_large", f"The request body is over {limit} bytes"))
+
+    @app.errorhandler(Exception)
+    def on_unexpected(exc: Exception) -> Response:
+        rt.log("ERROR", "request failed unexpectedly", error_type=type(exc).__name__)
+        return _error(FaceIdError(500, "internal_error", "The connector failed unexpectedly"))
+
+    @app.post("/v1/verify")
+    def verify_route() -> Response:
+        body = json_body()
+        device, token = device_for(body.get("serial"))
+        nonce = validation.nonce(body.get("nonce"))
+        outcome = verify(rt, device, g.request_id)
+        expires_at = int(time.time()) + ANSWER_TTL_S
+        answer = {
+            "verdict": outcome.verdict,
+            "code": outcome.code,
+            "person": outcome.person,
+            "message": outcome.message,
+            "retry_after_s": outcome.retry_after_s,
+            "nonce": nonce,
+            "expires_at": expires_at,
+            "signature": signature(
+                token, device.serial, nonce, outcome.verdict, outcome.person, expires_at
+            ),
+        }
+        rt.audit(g.request_id, device.serial, "verify", **audit_fields(outcome))
+        return _json(answer)
+
+    @app.post("/v1/enroll")
+    def enroll_route() -> Response:
+        body = json_body()
+        device, _ = device_for(body.get("serial"))
+        person = validation.person(body.get("person"))
+        outcome = enroll(rt, device, person, g.request_id)
+        rt.audit(
+            g.request_id,
+            device.serial,
+            "enroll",
+            outcome=outcome.result,
+            code=outcome.code,
+            person=person,
+        )
+        return _json(
+            {
+                "result": outcome.result,
+                "code": outcome.code,
+                "message": outcome.message,
+                "person": outcome.person,
+            }
+        )
+
+    @app.post("/v1/lock")
+    def lock_route() -> Response:
+        device, _ = device_for(json_body().get("serial"))
+        rt.store.end_unlocked(device.serial)
+        rt.audit(g.request_id, device.serial, "lock", outcome="locked")
+        return _json({"unlocked": False})
+
+    @app.get("/v1/status")
+    def status_route() -> Response:
+        device, _ = device_for(request.args.get("serial"))
+        return _json(
+            {
+                "enrolled_people": rt.store.count_people(device.serial),
+                "unlocked": rt.store.is_unlocked(device.serial, rt.config.policy.unlock_ttl_s),
+                "locked_out_for_s": rt.lockout.check(device.serial),
+            }
+        )
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        report = rt.health()
+        return _json(report, 200 if report["status"] == "ok" else 503)
+
+    return app

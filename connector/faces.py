@@ -1,0 +1,48 @@
+"""Image preparation in memory: a small probe for the comparison function, and a face crop to keep
+as a reference. Decoding goes through faceverify's checked reader (bounded pixels); a snapshot that
+cannot be read is `snapshot_unavailable`."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from faceverify.config import Settings
+from faceverify.errors import FaceIdError
+from faceverify.images import to_rgb
+from PIL import Image
+
+MAX_PIXELS = Settings.max_image_pixels
+
+
+def _decode(jpeg: bytes, max_side: int) -> Image.Image:
+    try:
+        return to_rgb(jpeg, max_side, MAX_PIXELS, field="snapshot")
+    except FaceIdError as exc:
+        raise FaceIdError(502, "snapshot_unavailable", exc.message) from None
+
+
+def _encode(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def downscale_jpeg(jpeg: bytes, max_side: int = 1024, quality: int = 85) -> bytes:
+    """The probe: long side at most max_side (JPEG draft mode skips most of the decode work)."""
+    return _encode(_decode(jpeg, max_side), quality)
+
+
+def crop_face(jpeg: bytes, box: Sequence[float], margin: float = 0.4, max_side: int = 512) -> bytes:
+    """The face `box` (x, y, w, h in this image's pixels) widened by `margin` of its size on
+    every side, clipped to the picture, long side at most max_side."""
+    image = _decode(jpeg, MAX_PIXELS)
+    x, y, w, h = (float(v) for v in box)
+    left, top = max(0.0, x - w * margin), max(0.0, y - h * margin)
+    right = min(float(image.width), x + w * (1 + margin))
+    bottom = min(float(image.height), y + h * (1 + margin))
+    if w <= 0 or h <= 0 or right - left < 1 or bottom - top < 1:
+        raise FaceIdError(422, "no_face", "The face box lies outside the picture")
+    face = image.crop((round(left), round(top), round(right), round(bottom)))
+    face.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _encode(face, 90)

@@ -1,0 +1,269 @@
+"""The comparison function's client: one pooled keep-alive session, a Google ID token per call,
+and a strict reading of every answer. Whatever is not a well-formed verdict becomes a connector
+error code (docs/api.md §2); nothing here can turn a failure into a match.
+
+A verify is never retried once bytes were sent (the login has a deadline); a connection refused
+before sending is tried once more.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from faceverify.errors import FaceIdError
+from faceverify.logs import TRACE_HEADER
+from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+
+from .config import FunctionConfig
+from .idtoken import IdTokenSource, engine_unavailable
+
+Box = tuple[int, int, int, int]
+FACE_CODES = {
+    "no_face": "No face was found in the picture",
+    "face_too_small": "The face is too small in the picture",
+    "too_dark": "The picture is too dark or the camera is covered",
+    "invalid_image": "The comparison service could not read the picture",
+}
+TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
+CODE_RE = re.compile(r"^[a-z_]{1,40}$")
+MAX_ANSWER_BYTES = 1024 * 1024
+CONNECT_TIMEOUT_S = 3.0
+DEFAULT_RETRY_AFTER_S = 10
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    verdict: str  # "match" | "no_match"
+    matched_id: str | None  # one of the ids sent, when verdict is "match"
+    score: float
+    threshold: float | None
+    faces_in_probe: int | None
+    function_ms: float | None  # the function's own elapsed_ms
+    round_trip_ms: float  # the HTTP call, token excluded
+    auth_ms: float  # getting the ID token (about 0 when cached)
+    bytes_sent: int
+
+
+def _unreadable() -> FaceIdError:
+    return engine_unavailable("The comparison service answered something unreadable")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _refused_before_sending(exc: requests.ConnectionError) -> bool:
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+def _timed_out_reading(exc: requests.ConnectionError) -> bool:
+    # requests reports a read timeout while streaming the body as a ConnectionError.
+    return bool(exc.args) and isinstance(exc.args[0], ReadTimeoutError)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class FunctionClient:
+    def __init__(
+        self,
+        config: FunctionConfig,
+        pool_size: int = 16,
+        *,
+        token_source: IdTokenSource | None = None,
+    ) -> None:
+        self._config = config
+        self._verify_url = config.url
+        self._inspect_url = config.url.rstrip("/") + "/inspect"
+        self._timeout = (min(CONNECT_TIMEOUT_S, config.timeout_s), config.timeout_s)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._tokens = token_source
+        if self._tokens is None and config.auth == "google-id-token":
+            self._tokens = IdTokenSource(config.audience, config.credentials_file)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def verify(
+        self,
+        probe_jpeg: bytes,
+        references: Sequence[tuple[str, bytes]],
+        trace: str | None = None,
+        threshold: float | None = None,
+    ) -> RelayResult:
+        """Compare the probe with up to 10 (id, image) references; the ids are echoed back."""
+        ids = [ref_id for ref_id, _ in references]
+        if not 1 <= len(ids) <= MAX_REFERENCES or not all(1 <= len(i) <= ID_MAX_LEN for i in ids):
+            raise FaceIdError(500, "internal_error", "References must be 1 to 10 with short ids")
+        body: dict[str, Any] = {
+            "probe": _b64(probe_jpeg),
+            "references": [{"id": ref_id, "image": _b64(image)} for ref_id, image in references],
+        }
+        if threshold is not None:
+            body["threshold"] = threshold
+        answer, round_trip_ms, auth_ms, sent = self._post(self._verify_url, body, trace)
+        if not isinstance(answer, dict):
+            raise _unreadable()
+        verdict: Any = answer.get("verdict")
+        matched: Any = answer.get("matched_id")
+        score: Any = answer.get("score")
+        faces: Any = answer.get("faces_in_probe")
+        own_ms: Any = answer.get("elapsed_ms")
+        used: Any = answer.get("threshold")
+        well_formed = (
+            ((verdict == "match" and matched in ids) or (verdict == "no_match" and matched is None))
+            and _number(score)
+            and (faces is None or (_number(faces) and faces == int(faces) >= 0))
+            and (own_ms is None or _number(own_ms))
+            and (used is None or _number(used))
+        )
+        if not well_formed:
+            raise _unreadable()
+        return RelayResult(
+            verdict=verdict,
+            matched_id=matched,
+            score=float(score),
+            threshold=None if used is None else float(used),
+            faces_in_probe=None if faces is None else int(faces),
+            function_ms=None if own_ms is None else float(own_ms),
+            round_trip_ms=round_trip_ms,
+            auth_ms=auth_ms,
+            bytes_sent=sent,
+        )
+
+    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Box]:
+        """The faces found in the image, as (x, y, w, h) boxes in its own pixels."""
+        answer, *_ = self._post(self._inspect_url, {"image": _b64(jpeg)}, trace)
+        faces = answer.get("faces") if isinstance(answer, dict) else None
+        if not isinstance(faces, list) or len(faces) > 100:
+            raise _unreadable()
+        boxes = []
+        for face in faces:
+            box = face.get("box") if isinstance(face, dict) else None
+            if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+                raise _unreadable()
+            x, y, w, h = (round(v) for v in box)
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise _unreadable()
+            boxes.append((x, y, w, h))
+        return boxes
+
+    def _post(
+        self, url: str, body: dict[str, Any], trace: str | None
+    ) -> tuple[Any, float, float, int]:
+        """(parsed answer, round trip ms, token ms, bytes sent) for a 200; an error otherwise."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if trace and TRACE_RE.match(trace):
+            headers[TRACE_HEADER] = f"{trace}/1;o=1"
+        started = time.perf_counter()
+        if self._tokens is not None:
+            headers["Authorization"] = f"Bearer {self._tokens.token()}"
+        auth_ms = round((time.perf_counter() - started) * 1000, 1)
+        started = time.perf_counter()
+        status, answer, retry_after = self._send(url, data, headers)
+        round_trip_ms = round((time.perf_counter() - started) * 1000, 1)
+        if status != 200:
+            raise _status_error(status, answer, retry_after)
+        return answer, round_trip_ms, auth_ms, len(data)
+
+    def _send(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any, str | None]:
+        timeout_s = self._config.timeout_s
+        for attempt in (1, 2):
+            try:
+                with self._session.post(
+                    url, data=data, headers=headers, timeout=self._timeout, stream=True
+                ) as response:
+                    raw = _read_limited(response)
+                    break
+            except requests.ConnectionError as exc:
+                if attempt == 1 and _refused_before_sending(exc):
+                    continue
+                if isinstance(exc, requests.Timeout) or _timed_out_reading(exc):
+                    raise engine_unavailable(
+                        f"The comparison service timed out (no answer within {timeout_s:g} s)"
+                    ) from None
+                raise engine_unavailable("The comparison service is unreachable") from None
+            except requests.Timeout:
+                raise engine_unavailable(
+                    f"The comparison service timed out (no answer within {timeout_s:g} s)"
+                ) from None
+            except requests.RequestException as exc:
+                raise engine_unavailable(
+                    f"The call to the comparison service failed ({type(exc).__name__})"
+                ) from None
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            answer = None
+        return response.status_code, answer, response.headers.get("Retry-After")
+
+
+def _read_limited(response: requests.Response) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _unreadable()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_code(answer: Any) -> str | None:
+    error = answer.get("error") if isinstance(answer, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and CODE_RE.match(code) else None
+
+
+def _retry_after(value: str | None) -> int:
+    try:
+        seconds = int(value or "")
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_S
+    return min(max(seconds, 1), 3600)
+
+
+def _status_error(status: int, answer: Any, retry_after: str | None) -> FaceIdError:
+    """The connector's error for a function answer other than 200."""
+    code = _error_code(answer)
+    if status == 422 and code in FACE_CODES:
+        return FaceIdError(422, code, FACE_CODES[code])
+    if status == 429:
+        return FaceIdError(
+            429,
+            "engine_busy",
+            "The comparison service is rate limited",
+            retry_after=_retry_after(retry_after),
+        )
+    if status in (401, 403):
+        return engine_unavailable(
+            f"The comparison service refused the connector's credentials (HTTP {status}): "
+            "check the invoker role and the token audience"
+        )
+    if 400 <= status < 500:
+        detail = f", {code}" if code else ""
+        return FaceIdError(
+            500,
+            "internal_error",
+            f"The comparison service refused the connector's request (HTTP {status}{detail})",
+        )
+    if code == "config_error":
+        return engine_unavailable("The comparison service is misconfigured")
+    if status == 504 or code == "upstream_timeout":
+        return engine_unavailable(f"The comparison service timed out (HTTP {status})")
+    return engine_unavailable(f"The comparison service failed with HTTP {status}")

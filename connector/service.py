@@ -1,0 +1,39 @@
+"""Start-up: load and check everything in the parent process, so a bad file, secret or key fails
+fast with one clear line, then serve the app built again inside the worker."""
+
+from __future__ import annotations
+
+from faceverify.logs import log
+from flask import Flask
+
+from .app import create_app
+from .config import load_config
+from .runtime import build_runtime
+
+
+def run(config_path: str) -> None:
+    config = load_config(config_path)
+    build_runtime(config).close()  # resolves every secret and opens the store once
+
+    def factory() -> Flask:
+        return create_app(build_runtime(load_config(config_path)))
+
+    server = config.server
+    log(
+        "INFO",
+        "connector starting",
+        host=server.host,
+        port=server.port,
+        tls=bool(server.tls_cert),
+        devices=len(config.devices),
+    )
+    from .server import serve
+
+    serve(
+        factory,
+        host=server.host,
+        port=server.port,
+        threads=server.threads,
+        certfile=server.tls_cert,
+        keyfile=server.tls_key,
+    )

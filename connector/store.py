@@ -1,0 +1,533 @@
+"""The connector's state in one SQLite file: enrolled people, their reference photos (AES-GCM
+encrypted, each bound to its row), the audit log, lockouts and unlocked sessions.
+
+WAL mode with synchronous=FULL: a committed enrollment survives a power cut, an interrupted one
+leaves nothing. Each thread gets its own connection, so reads on the verify path never wait for
+each other; writers queue on SQLite's lock (busy_timeout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from faceverify.errors import FaceIdError, config_error
+from faceverify.service import MAX_REFERENCES
+
+SCHEMA_VERSION = 1
+KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
+NONCE_BYTES = 12
+BUSY_TIMEOUT_S = 5.0
+AUDIT_PRUNE_EVERY = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    serial TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (serial, name)
+);
+CREATE TABLE IF NOT EXISTS reference_images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reference_images_person ON reference_images (person_id, created);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    request_id TEXT,
+    serial TEXT,
+    action TEXT NOT NULL,
+    outcome TEXT,
+    code TEXT,
+    person TEXT,
+    score REAL,
+    stages_ms TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_serial ON audit (serial, id);
+CREATE TABLE IF NOT EXISTS lockout (
+    serial TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    locked_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    serial TEXT PRIMARY KEY,
+    person TEXT NOT NULL,
+    unlocked_at REAL NOT NULL,
+    ended_at REAL
+);
+"""
+
+
+class Reference(NamedTuple):
+    """A decrypted reference photo; unpacks as (person, image)."""
+
+    person: str
+    image: bytes
+
+
+@dataclass(frozen=True)
+class PersonInfo:
+    name: str
+    references: int
+    created: float
+    last_enrolled: float
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    person_id: int
+    reference_id: int
+    references: int  # this person's photos after the change
+    dropped: int  # oldest photos removed to stay within the limit
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited request. Facts only: never an image, a token or a password."""
+
+    action: str
+    outcome: str | None = None
+    serial: str | None = None
+    request_id: str | None = None
+    code: str | None = None
+    person: str | None = None
+    score: float | None = None
+    stages_ms: Mapping[str, float] | None = None
+    time: float | None = None  # set when written
+    id: int | None = None  # set when read back
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LockoutState:
+    failures: int = 0
+    locked_until: float = 0.0
+
+
+def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
+    """Binds a ciphertext to its row: moving it to another row or person fails to decrypt."""
+    return f"faceid-ref-v1|{serial}|{person_id}|{reference_id}".encode()
+
+
+def store_unavailable(message: str) -> FaceIdError:
+    return FaceIdError(503, "store_unavailable", message)
+
+
+class Store:
+    """Thread-safe access to the store; open with Store.open(path, key)."""
+
+    def __init__(self, path: str, key: bytes, max_audit_rows: int) -> None:
+        self.path = path
+        self._aead = AESGCM(key)
+        self._max_audit_rows = max_audit_rows
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], key: bytes, *, max_audit_rows: int = 100_000
+    ) -> Store:
+        """Create the store if missing (mode 0600) and check the key against the one it was
+        created with; a mismatch is a config_error, before anything is read or written."""
+        if len(key) != 32:
+            raise config_error("the store key must be 32 bytes")
+        path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            if not os.path.exists(path):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise config_error(f"the store {path} cannot be created ({exc.strerror})") from None
+        store = cls(path, key, max_audit_rows)
+        try:
+            store._initialise()
+        except FaceIdError:
+            store.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise config_error(f"the store {path} cannot be opened ({exc})") from None
+        return store
+
+    def _initialise(self) -> None:
+        conn = self._conn()
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise config_error(f"the store {self.path} cannot use WAL mode (network filesystem?)")
+        with self._write() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            rows = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            if "key_check" not in rows:
+                nonce = os.urandom(NONCE_BYTES)
+                check = nonce + self._aead.encrypt(nonce, KEY_CHECK_PLAINTEXT, b"key-check")
+                conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                return
+        if int(rows.get("schema", 0)) != SCHEMA_VERSION:
+            raise config_error(
+                f"the store {self.path} has schema {rows.get('schema')}, "
+                f"this connector reads schema {SCHEMA_VERSION}"
+            )
+        self._check_key(rows["key_check"])
+
+    def _check_key(self, check: bytes) -> None:
+        try:
+            plain = self._aead.decrypt(check[:NONCE_BYTES], check[NONCE_BYTES:], b"key-check")
+        except InvalidTag:
+            plain = b""
+        if plain != KEY_CHECK_PLAINTEXT:
+            raise config_error("the store key does not match the one the store was created with")
+
+    # --- connections and transactions -----------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise store_unavailable("the store is closed")
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._connections.append(conn)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")  # removed people leave no ciphertext behind
+        self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: everything inside commits together or not at all."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for several SELECTs."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+    def check(self) -> None:
+        """For /healthz: the file answers and still opens with our key."""
+        try:
+            row = self._conn().execute("SELECT value FROM meta WHERE name='key_check'").fetchone()
+        except sqlite3.Error as exc:
+            raise store_unavailable(f"the store does not answer ({type(exc).__name__})") from None
+        if row is None:
+            raise store_unavailable("the store has lost its key check")
+        self._check_key(row[0])
+
+    # --- people and reference photos ------------------------------------------------------
+
+    def add_reference(
+        self,
+        serial: str,
+        person: str,
+        jpeg: bytes,
+        *,
+        audit: AuditEntry | None = None,
+        max_references_per_person: int = 5,
+        max_people: int = MAX_REFERENCES,
+        only_if_empty: bool = False,
+        now: float | None = None,
+    ) -> Enrollment:
+        """Store one photo of `person` (creating the person), drop their oldest photos beyond the
+        limit and write `audit`, all in one transaction. only_if_empty makes "nobody is enrolled
+        yet" part of the same transaction, so two first enrollments cannot race."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM people WHERE serial = ? AND name = ?", (serial, person)
+            ).fetchone()
+            count = self._count_people(conn, serial)
+            if only_if_empty and count > 0:
+                raise FaceIdError(409, "locked", "Someone is already enrolled on this device")
+            if row is None:
+                if count >= max_people:
+                    raise FaceIdError(
+                        409,
+                        "too_many_references",
+                        f"This device already has {count} people enrolled (at most {max_people})",
+                    )
+                person_id = conn.execute(
+                    "INSERT INTO people (serial, name, created) VALUES (?, ?, ?)",
+                    (serial, person, now),
+                ).lastrowid
+            else:
+                person_id = row[0]
+            assert person_id is not None
+            ref_id = conn.execute(
+                "INSERT INTO reference_images (person_id, nonce, ciphertext, created) "
+                "VALUES (?, x'', x'', ?)",
+                (person_id, now),
+            ).lastrowid
+            assert ref_id is not None
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = self._aead.encrypt(nonce, jpeg, _aad(serial, person_id, ref_id))
+            conn.execute(
+                "UPDATE reference_images SET nonce = ?, ciphertext = ? WHERE id = ?",
+                (nonce, sealed, ref_id),
+            )
+            dropped = conn.execute(
+                "DELETE FROM reference_images WHERE person_id = ? AND id NOT IN "
+                "(SELECT id FROM reference_images WHERE person_id = ? "
+                "ORDER BY created DESC, id DESC LIMIT ?)",
+                (person_id, person_id, max_references_per_person),
+            ).rowcount
+            kept = conn.execute(
+                "SELECT count(*) FROM reference_images WHERE person_id = ?", (person_id,)
+            ).fetchone()[0]
+            if audit is not None:
+                self._insert_audit(conn, audit, now)
+        return Enrollment(person_id, ref_id, kept, dropped)
+
+    def references_for(self, serial: str, limit: int = MAX_REFERENCES) -> list[Reference]:
+        """At most `limit` decrypted photos, chosen fairly: every person's newest photo first,
+        then every person's second newest, and so on (newer first within a round). A photo
+        that fails its integrity check is an error, never skipped or swapped."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT r.id, p.id, p.name, r.created FROM reference_images r "
+                "JOIN people p ON p.id = r.person_id WHERE p.serial = ? "
+                "ORDER BY p.id, r.created DESC, r.id DESC",
+                (serial,),
+            ).fetchall()
+            rank: dict[int, int] = {}
+            ranked = []
+            for ref_id, person_id, name, created in rows:
+                rank[person_id] = rank.get(person_id, -1) + 1
+                ranked.append((rank[person_id], -created, -ref_id, ref_id, person_id, name))
+            chosen = sorted(ranked)[:limit]
+            if not chosen:
+                return []
+            ids = [c[3] for c in chosen]
+            sealed = dict(
+                (ref_id, (nonce, ciphertext))
+                for ref_id, nonce, ciphertext in conn.execute(
+                    "SELECT id, nonce, ciphertext FROM reference_images WHERE id IN "  # noqa: S608
+                    f"({','.join('?' * len(ids))})",  # placeholders only
+                    ids,
+                )
+            )
+        references = []
+        for *_, ref_id, person_id, name in chosen:
+            nonce, ciphertext = sealed[ref_id]
+            try:
+                image = self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, ref_id))
+            except InvalidTag:
+                raise FaceIdError(
+                    500,
+                    "internal_error",
+                    f"Stored reference {ref_id} failed its integrity check: "
+                    "the store was modified or damaged",
+                ) from None
+            references.append(Reference(name, image))
+        return references
+
+    @staticmethod
+    def _count_people(conn: sqlite3.Connection, serial: str) -> int:
+        return int(
+            conn.execute("SELECT count(*) FROM people WHERE serial = ?", (serial,)).fetchone()[0]
+        )
+
+    def count_people(self, serial: str) -> int:
+        return self._count_people(self._conn(), serial)
+
+    def people(self, serial: str) -> list[PersonInfo]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT p.name, count(r.id), p.created, coalesce(max(r.created), p.created) "
+                "FROM people p LEFT JOIN reference_images r ON r.person_id = p.id "
+                "WHERE p.serial = ? GROUP BY p.id ORDER BY p.name",
+                (serial,),
+            )
+            .fetchall()
+        )
+        return [PersonInfo(*row) for row in rows]
+
+    def remove_person(self, serial: str, person: str, *, audit: AuditEntry | None = None) -> bool:
+        """Delete the person and their photos; their unlocked session, if any, ends too."""
+        with self._write() as conn:
+            removed = conn.execute(
+                "DELETE FROM people WHERE serial = ? AND name = ?", (serial, person)
+            ).rowcount
+            conn.execute("DELETE FROM sessions WHERE serial = ? AND person = ?", (serial, person))
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+        return removed > 0
+
+    def remove_device(self, serial: str, *, audit: AuditEntry | None = None) -> int:
+        """Forget everything about a device but its audit history; returns people removed."""
+        with self._write() as conn:
+            removed = conn.execute("DELETE FROM people WHERE serial = ?", (serial,)).rowcount
+            conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM sessions WHERE serial = ?", (serial,))
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+        return int(removed)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def _insert_audit(self, conn: sqlite3.Connection, entry: AuditEntry, now: float) -> None:
+        stages = None if entry.stages_ms is None else json.dumps(dict(entry.stages_ms))
+        audit_id = conn.execute(
+            "INSERT INTO audit (time, request_id, serial, action, outcome, code, person, score, "
+            "stages_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.time if entry.time is not None else now,
+                entry.request_id,
+                entry.serial,
+                entry.action,
+                entry.outcome,
+                entry.code,
+                entry.person,
+                entry.score,
+                stages,
+            ),
+        ).lastrowid
+        if audit_id is not None and audit_id % AUDIT_PRUNE_EVERY == 0:
+            conn.execute("DELETE FROM audit WHERE id <= ?", (audit_id - self._max_audit_rows,))
+
+    def record_audit(self, **fields: Any) -> None:
+        """Keyword arguments are AuditEntry's fields (action is required)."""
+        entry = AuditEntry(**fields)
+        with self._write() as conn:
+            self._insert_audit(conn, entry, time.time())
+
+    def audit(self, limit: int = 100, serial: str | None = None) -> list[AuditEntry]:
+        """Newest first."""
+        query = (
+            "SELECT id, time, request_id, serial, action, outcome, code, person, score, stages_ms "
+            "FROM audit"
+        )
+        params: tuple[Any, ...] = (limit,)
+        if serial is not None:
+            query += " WHERE serial = ?"
+            params = (serial, limit)
+        rows = self._conn().execute(query + " ORDER BY id DESC LIMIT ?", params).fetchall()
+        return [
+            AuditEntry(
+                id=row[0],
+                time=row[1],
+                request_id=row[2],
+                serial=row[3],
+                action=row[4],
+                outcome=row[5],
+                code=row[6],
+                person=row[7],
+                score=row[8],
+                stages_ms=None if row[9] is None else json.loads(row[9]),
+            )
+            for row in rows
+        ]
+
+    # --- lockout and unlocked sessions ----------------------------------------------------
+
+    def lockout_state(self, serial: str) -> LockoutState:
+        row = (
+            self._conn()
+            .execute("SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,))
+            .fetchone()
+        )
+        return LockoutState() if row is None else LockoutState(row[0], row[1])
+
+    def update_lockout(
+        self, serial: str, change: Callable[[LockoutState], LockoutState]
+    ) -> LockoutState:
+        """Read, change and write one device's lockout atomically (concurrent failures add up)."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
+            ).fetchone()
+            state = change(LockoutState() if row is None else LockoutState(row[0], row[1]))
+            if state == LockoutState():
+                conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO lockout (serial, failures, locked_until) "
+                    "VALUES (?, ?, ?)",
+                    (serial, state.failures, state.locked_until),
+                )
+        return state
+
+    def set_unlocked(self, serial: str, person: str, now: float | None = None) -> None:
+        """Start (or restart) the device's unlocked session after a match."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO sessions (serial, person, unlocked_at, ended_at) "
+                "VALUES (?, ?, ?, NULL)",
+                (serial, person, time.time() if now is None else now),
+            )
+
+    def end_unlocked(self, serial: str, now: float | None = None) -> bool:
+        """End the unlocked session; False when none was open."""
+        with self._write() as conn:
+            ended = conn.execute(
+                "UPDATE sessions SET ended_at = ? WHERE serial = ? AND ended_at IS NULL",
+                (time.time() if now is None else now, serial),
+            ).rowcount
+        return ended > 0
+
+    def unlocked_person(self, serial: str, ttl_s: float, now: float | None = None) -> str | None:
+        """Who unlocked the device, while the session is open and younger than ttl_s."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT person, unlocked_at FROM sessions WHERE serial = ? AND ended_at IS NULL",
+                (serial,),
+            )
+            .fetchone()
+        )
+        now = time.time() if now is None else now
+        if row is None or not 0 <= now - row[1] < ttl_s:
+            return None
+        return str(row[0])
+
+    def is_unlocked(self, serial: str, ttl_s: float, now: float | None = None) -> bool:
+        return self.unlocked_person(serial, ttl_s, now) is not None

@@ -1,0 +1,37 @@
+"""Input rules for what the macro sends: strict, bounded, and free of path or control characters."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from faceverify.errors import bad_request
+
+SERIAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+PERSON_MAX_LEN = 64
+
+
+def serial(value: Any) -> str:
+    if not isinstance(value, str) or not SERIAL_RE.match(value):
+        raise bad_request("'serial' must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return value
+
+
+def nonce(value: Any) -> str:
+    if not isinstance(value, str) or not NONCE_RE.match(value):
+        raise bad_request("'nonce' must be 16 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return value
+
+
+def person(value: Any) -> str:
+    """A display name: printable, no path separators, 1 to 64 characters once trimmed."""
+    if not isinstance(value, str):
+        raise bad_request("'person' must be a string")
+    name = unicodedata.normalize("NFC", value).strip()
+    if not 1 <= len(name) <= PERSON_MAX_LEN:
+        raise bad_request(f"'person' must be 1 to {PERSON_MAX_LEN} characters")
+    if any(not ch.isprintable() or ch in "/\\" for ch in name):
+        raise bad_request("'person' may not contain control characters, '/' or '\\'")
+    return name

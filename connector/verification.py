@@ -1,0 +1,101 @@
+"""One login attempt: lockout gate, snapshot, downscale, comparison, verdict. Every failure is an
+`error` verdict with a specific code; only a comparison that says match yields `match`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from faceverify.errors import FaceIdError
+
+from .faces import downscale_jpeg
+from .messages import screen_message
+from .runtime import Device, Runtime
+
+PROBE_MAX_SIDE = 1024
+#: Codes that mean "a face was compared and it was not you": these count towards the lockout.
+FAILED_ATTEMPT_CODES = frozenset({"not_recognized"})
+
+
+@dataclass
+class Outcome:
+    verdict: str  # match | no_match | error
+    code: str | None
+    person: str | None = None
+    retry_after_s: int | None = None
+    score: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        if self.verdict == "match":
+            return f"Welcome, {self.person}"[:255]
+        return screen_message(self.code or "internal_error", self.retry_after_s)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
+def _compare(rt: Runtime, device: Device, request_id: str, stages: dict[str, float]) -> Outcome:
+    references = rt.store.references_for(device.serial)
+    if not references:
+        return Outcome("error", "not_enrolled")
+    snapshot = rt.device_client.snapshot(device.access)
+    stages.update(
+        signin=snapshot.signin_ms, snapshot=snapshot.snapshot_ms, signout=snapshot.signout_ms
+    )
+    started = time.perf_counter()
+    probe = downscale_jpeg(snapshot.jpeg, PROBE_MAX_SIDE)
+    stages["prepare"] = _ms(started)
+    # Opaque ids: names of people never leave the premises.
+    ids = {f"r{i}": person for i, (person, _) in enumerate(references)}
+    started = time.perf_counter()
+    result = rt.function.verify(
+        probe,
+        [(ref_id, image) for ref_id, (_, image) in zip(ids, references, strict=True)],
+        trace=request_id,
+        threshold=rt.config.policy.threshold,
+    )
+    stages["function"] = _ms(started)
+    if result.verdict == "match" and result.matched_id in ids:
+        return Outcome("match", None, ids[result.matched_id], score=result.score)
+    return Outcome("no_match", "not_recognized", score=result.score)
+
+
+def verify(rt: Runtime, device: Device, request_id: str) -> Outcome:
+    """Run one attempt and update lockout and unlock state; never raises."""
+    started = time.perf_counter()
+    stages: dict[str, float] = {}
+    wait = rt.lockout.check(device.serial)
+    if wait > 0:
+        outcome = Outcome("error", "locked_out", retry_after_s=wait)
+    else:
+        try:
+            outcome = _compare(rt, device, request_id, stages)
+        except FaceIdError as exc:
+            outcome = Outcome("error", exc.code, retry_after_s=exc.retry_after)
+        except Exception as exc:  # fail closed on anything unforeseen
+            rt.log("ERROR", "verify failed unexpectedly", error_type=type(exc).__name__)
+            outcome = Outcome("error", "internal_error")
+        if outcome.verdict == "match":
+            rt.lockout.record_success(device.serial)
+            rt.store.set_unlocked(device.serial, outcome.person or "")
+        elif outcome.code in FAILED_ATTEMPT_CODES:
+            wait = rt.lockout.record_failure(device.serial)
+            if wait > 0:
+                outcome.retry_after_s = wait
+    stages["total"] = _ms(started)
+    outcome.stages_ms = stages
+    return outcome
+
+
+def audit_fields(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "outcome": outcome.verdict,
+        "code": outcome.code,
+        "person": outcome.person,
+        "score": outcome.score,
+        "stages_ms": outcome.stages_ms,
+    }

@@ -1,0 +1,308 @@
+"""Start the local stack — the function (functions-framework), one device simulator per device and
+the connector (HTTPS, gunicorn) — with a generated TOML file and fresh keys on free 127.0.0.1
+ports. Used by `make demo`, the integration tests and the end-to-end benchmarks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from connector.auth import token_hash
+from connector.tls import self_signed_identity
+from tests.procs import ServerProcess, free_port, start_function, start_module
+
+SIM_ACCOUNT = "faceid-connector"
+
+
+@dataclass
+class SimDevice:
+    serial: str
+    token: str
+    process: ServerProcess
+    url: str
+    fingerprint: str
+    control_token: str
+    ca_path: str
+
+    def control(self, **switches: Any) -> dict[str, Any]:
+        """Flip simulator switches (images=PATH, black=True, no_option_key=True, slow_s=...)."""
+        answer = requests.post(
+            f"{self.url}/_sim/control",
+            json=switches,
+            headers={"X-Sim-Control": self.control_token},
+            verify=self.ca_path,
+            timeout=5,
+        )
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def stats(self) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.url}/_sim/stats",
+            headers={"X-Sim-Control": self.control_token},
+            verify=self.ca_path,
+            timeout=5,
+        )
+        answer.raise_for_status()
+        return dict(answer.json())
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    function: ServerProcess
+    connector: ServerProcess
+    devices: list[SimDevice]
+    config_path: Path
+    ca_path: Path
+    extra: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def connector_url(self) -> str:
+        return self.connector.url or ""
+
+    @property
+    def function_url(self) -> str:
+        return self.function.url or ""
+
+    def call(
+        self,
+        path: str,
+        device: SimDevice,
+        body: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> requests.Response:
+        """What the macro does: one authenticated call to the connector's API."""
+        headers = {"Authorization": f"Bearer {device.token}"}
+        url = self.connector_url + path
+        if body is None:
+            return requests.get(url, headers=headers, verify=str(self.ca_path), timeout=timeout)
+        return requests.post(
+            url, json=body, headers=headers, verify=str(self.ca_path), timeout=timeout
+        )
+
+    def admin(self, *args: str) -> tuple[int, str]:
+        """Run `python -m connector --config ... admin ARGS` with the connector's environment."""
+        import subprocess
+        import sys
+
+        done = subprocess.run(
+            [sys.executable, "-m", "connector", "--config", str(self.config_path), "admin", *args],
+            env=self.connector.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    def describe(self) -> dict[str, Any]:
+        """What a script needs to drive the stack (written to .demo/stack.json by demo-up)."""
+        return {
+            "connector_url": self.connector_url,
+            "connector_ca": str(self.ca_path),
+            "function_url": self.function_url,
+            "config": str(self.config_path),
+            "devices": [
+                {
+                    "serial": d.serial,
+                    "token": d.token,
+                    "simulator_url": d.url,
+                    "simulator_control_token": d.control_token,
+                    "control": "POST {simulator_url}/_sim/control with header X-Sim-Control and "
+                    'JSON such as {"images": "/path/photo.jpg"}, {"black": true}, '
+                    '{"no_option_key": true}, {"slow_s": 3}, {"down": true}',
+                }
+                for d in self.devices
+            ],
+            "pids": {
+                "function": self.function.pid,
+                "connector": self.connector.pid,
+                "simulators": [d.process.pid for d in self.devices],
+                "other": [p.pid for p in self.extra],
+            },
+        }
+
+    def stop(self) -> None:
+        for proc in [
+            self.connector,
+            *[d.process for d in self.devices],
+            self.function,
+            *self.extra,
+        ]:
+            proc.stop()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _config_text(
+    *,
+    port: int,
+    function_url: str,
+    devices: list[SimDevice],
+    threshold: float | None,
+    function_timeout_s: float,
+    extra_toml: str,
+) -> str:
+    lines = [
+        "# Generated by demo/stack.py for a local run; secrets are references, not values.",
+        "[server]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        'tls_cert = "connector.crt"',
+        'tls_key = "connector.key"',
+        "threads = 32",
+        "",
+        "[function]",
+        f'url = "{function_url}"',
+        'auth = "none"',
+        f"timeout_s = {function_timeout_s}",
+        "",
+        "[store]",
+        'path = "faceid.db"',
+        'key = "file:store.key"',
+        "",
+        "[policy]",
+    ]
+    if threshold is not None:
+        lines.append(f"threshold = {threshold}")
+    lines += [
+        "",
+        "[device_defaults]",
+        f'username = "{SIM_ACCOUNT}"',
+        'password = "env:FACEID_DEVICE_PASSWORD"',
+        "",
+    ]
+    for device in devices:
+        lines += [
+            "[[devices]]",
+            f'serial = "{device.serial}"',
+            f'host = "{device.url.removeprefix("https://")}"',
+            f'token_sha256 = "{token_hash(device.token)}"',
+            f'tls = {{ fingerprint_sha256 = "{device.fingerprint}" }}',
+            "",
+        ]
+    return "\n".join(lines) + extra_toml
+
+
+def start_stack(
+    workdir: Path,
+    *,
+    images: str | Path,
+    devices: int = 1,
+    function_env: Mapping[str, str | None] | None = None,
+    threshold: float | None = None,
+    function_timeout_s: float = 10.0,
+    extra_toml: str = "",
+    connector_env: Mapping[str, str | None] | None = None,
+    sim_args: tuple[str, ...] = (),
+) -> Stack:
+    """Start everything; on any failure, stop what was started and raise with its output."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    started: list[ServerProcess] = []
+    try:
+        env = {"FACE_ENGINE": "local", **(function_env or {})}
+        function = start_function("verify_faces", "function/main.py", env=env, timeout_s=60)
+        started.append(function)
+
+        password = secrets.token_urlsafe(18)
+        sim_env = {"FACEID_SIM_ACCOUNT": f"{SIM_ACCOUNT}:{password}"}
+        sims: list[SimDevice] = []
+        for i in range(devices):
+            sim_ca = workdir / f"simulator-{i}.pem"
+            proc = start_module(
+                "connector.simulator",
+                [
+                    "--account-env",
+                    "FACEID_SIM_ACCOUNT",
+                    "--images",
+                    str(images),
+                    "--cert-out",
+                    str(sim_ca),
+                    *sim_args,
+                ],
+                env=sim_env,
+                ready_line=r"^https://\S+",
+            )
+            started.append(proc)
+            fingerprint = proc.wait_line(r"^fingerprint (\S+)").group(1)
+            control = proc.wait_line(r"^control-token (\S+)").group(1)
+            sims.append(
+                SimDevice(
+                    f"SIM{i:04d}",
+                    secrets.token_urlsafe(32),
+                    proc,
+                    proc.url or "",
+                    fingerprint,
+                    control,
+                    str(sim_ca),
+                )
+            )
+
+        cert, key = self_signed_identity(["127.0.0.1", "localhost"])
+        (workdir / "connector.crt").write_bytes(cert)
+        _write_private(workdir / "connector.key", key)
+        _write_private(workdir / "store.key", base64.b64encode(secrets.token_bytes(32)))
+        port = free_port()
+        config_path = workdir / "faceid.toml"
+        config_path.write_text(
+            _config_text(
+                port=port,
+                function_url=function.url or "",
+                devices=sims,
+                threshold=threshold,
+                function_timeout_s=function_timeout_s,
+                extra_toml=extra_toml,
+            )
+        )
+        connector = ServerProcess(
+            [sys.executable, "-m", "connector", "--config", str(config_path), "serve"],
+            env={"FACEID_DEVICE_PASSWORD": password, **(connector_env or {})},
+            url=f"https://127.0.0.1:{port}",
+        ).start()
+        started.append(connector)
+        _wait_https(connector, f"https://127.0.0.1:{port}/healthz", workdir / "connector.crt")
+        return Stack(workdir, function, connector, sims, config_path, workdir / "connector.crt")
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+
+
+def _wait_https(proc: ServerProcess, url: str, ca: Path, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.returncode is not None:
+            raise RuntimeError(f"connector exited with {proc.returncode}:\n{proc.stderr()[-3000:]}")
+        try:
+            requests.get(url, verify=str(ca), timeout=2)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                tail = proc.stderr()[-3000:]
+                raise RuntimeError(f"connector did not answer at {url}:\n{tail}") from None
+            time.sleep(0.1)
+
+
+def warm_up(stack: Stack, image_b64: str) -> None:
+    """Load the function's models before the first person waits for them."""
+    requests.post(stack.function_url + "/inspect", json={"image": image_b64}, timeout=120)
+
+
+def dump(stack: Stack, path: Path) -> None:
+    path.write_text(json.dumps(stack.describe(), indent=2))

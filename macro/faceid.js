@@ -1,0 +1,780 @@
+/*
+ * Face login for RoomOS: the screen stays locked until the connector vouches for the face in front
+ * of the camera with an answer signed by this device's token.
+ *
+ * Upload this one file as a macro and activate it; edit SETTINGS first (see docs/macro.md).
+ * Runs on the device's QuickJS macro runtime: ES2020, xapi, timers, console; no fetch, no crypto.
+ */
+import xapi from 'xapi';
+
+// ---------------------------------------------------------------------------------------------
+// Settings. Anything written here can be read by the device's administrators.
+const SETTINGS = {
+  // Base URL of the connector, without a trailing path.
+  connectorUrl: 'https://connector.example:8443',
+  // Device token printed once by `python -m connector admin add-device ...`. Empty: stays locked.
+  deviceToken: '',
+  // true only when the connector's certificate is self-signed; the device also needs
+  // `xConfiguration HttpClient AllowInsecureHTTPS: True`.
+  allowInsecureHttps: false,
+  // Lock again after this many seconds without interaction (never during a call).
+  relockIdleSeconds: 600,
+  // Per HTTP request, 1 to 29 seconds (the device's own limit is 30).
+  requestTimeoutSeconds: 25,
+};
+// ---------------------------------------------------------------------------------------------
+
+const TITLE = 'Face login';
+const CLOCK_SKEW_S = 30;
+const MESSAGE_DURATION_S = 10;
+const NO_CONNECTION_ATTEMPTS = 5;
+const NO_CONNECTION_RETRY_MS = 1000;
+const PROGRESS_TICK_MS = 1000;
+const ENROLL_FEEDBACK_ID = 'faceid_enroll_name';
+const VERDICTS = ['match', 'no_match', 'error'];
+const LOCKING_STANDBY_STATES = ['EnteringStandby', 'Standby', 'Halfwake'];
+
+export const PANELS = {
+  login: { id: 'faceid_login', order: 1, icon: 'Camera', color: '#1D805F',
+    name: 'Unlock with my face' },
+  logout: { id: 'faceid_logout', order: 2, icon: 'Power', color: '#A12830', name: 'Lock screen' },
+  enroll: { id: 'faceid_enroll', order: 3, icon: 'Info', color: '#1170CF',
+    name: 'Update my photo' },
+};
+
+/** What the person at the device reads when the macro itself decides (not the connector). */
+export const MESSAGES = {
+  look: 'Look at the camera…',
+  lidClosed: 'The camera lid is closed. Open it, then tap "Unlock with my face" again.',
+  noOptionKey:
+    'Face login cannot work on this device: the Remote Monitoring option key is missing. ' +
+    'Ask your administrator.',
+  httpClientOff: 'Face login cannot reach its service: HttpClient is off on this device. ' +
+    'Ask your administrator.',
+  notConfigured: 'Face login is not set up on this device. Ask your administrator.',
+  noSerial: 'Face login cannot read this device\'s serial number. The screen stays locked.',
+  unreachable: 'The face login service cannot be reached. The screen stays locked.',
+  busy: 'The device is busy with other web requests. Try again in a moment.',
+  unauthorized:
+    'This device is not registered with the face login service. Ask your administrator.',
+  rateLimited: 'Too many attempts. Wait a minute, then try again.',
+  serviceError: 'The face login service failed. The screen stays locked.',
+  malformed: 'The face login service gave an unreadable answer. The screen stays locked.',
+  badSignature: 'The answer could not be verified (bad signature). The screen stays locked.',
+  staleAnswer: 'The answer was for an earlier attempt. Try again.',
+  expiredAnswer: 'The answer arrived too late (check the device clock). Try again.',
+  failed: 'Face login failed. The screen stays locked.',
+  locked: 'Screen locked.',
+  idleLocked: 'Screen locked after a period without activity.',
+  badName: 'A name is 1 to 64 characters, without / or \\. Nothing was changed.',
+  enrollTitle: 'Update my photo',
+  enrollText: 'Type your name, then look at the camera.',
+};
+
+// ---------------------------------------------------------------------------------------------
+// SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104): the runtime has no crypto API.
+
+const K = [
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+/** UTF-8 bytes of a string, as Python's str.encode() gives them (lone surrogates become U+FFFD). */
+export function utf8Encode(text) {
+  const out = [];
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i);
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
+      const low = text.charCodeAt(i + 1);
+      if (low >= 0xdc00 && low < 0xe000) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
+        i++;
+      }
+    }
+    if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else {
+      out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+  }
+  return new Uint8Array(out);
+}
+
+function asBytes(data) {
+  return typeof data === 'string' ? utf8Encode(data) : data;
+}
+
+/** SHA-256 of a string (UTF-8) or a Uint8Array; returns 32 bytes. */
+export function sha256(data) {
+  const bytes = asBytes(data);
+  const length = bytes.length;
+  const padded = new Uint8Array(Math.ceil((length + 9) / 64) * 64);
+  padded.set(bytes);
+  padded[length] = 0x80;
+  const end = padded.length;
+  const bitsHigh = Math.floor(length / 0x20000000);
+  const bitsLow = (length * 8) >>> 0;
+  for (let i = 0; i < 4; i++) {
+    padded[end - 8 + i] = (bitsHigh >>> (24 - 8 * i)) & 255;
+    padded[end - 4 + i] = (bitsLow >>> (24 - 8 * i)) & 255;
+  }
+  const h = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+    0x5be0cd19];
+  const w = new Int32Array(64);
+  for (let offset = 0; offset < end; offset += 64) {
+    for (let i = 0; i < 16; i++) {
+      const j = offset + 4 * i;
+      w[i] = (padded[j] << 24) | (padded[j + 1] << 16) | (padded[j + 2] << 8) | padded[j + 3];
+    }
+    for (let i = 16; i < 64; i++) {
+      const x = w[i - 15];
+      const y = w[i - 2];
+      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+    }
+    let a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (let i = 0; i < 64; i++) {
+      const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+      const t1 = (k + s1 + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
+      const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+      const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      k = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
+    h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + k) | 0;
+  }
+  const digest = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) digest[i] = (h[i >> 2] >>> (24 - 8 * (i & 3))) & 255;
+  return digest;
+}
+
+/** HMAC-SHA256; key and message are strings (UTF-8) or Uint8Arrays; returns 32 bytes. */
+export function hmacSha256(key, message) {
+  let keyBytes = asBytes(key);
+  if (keyBytes.length > 64) keyBytes = sha256(keyBytes);
+  const body = asBytes(message);
+  const inner = new Uint8Array(64 + body.length);
+  const outer = new Uint8Array(64 + 32);
+  for (let i = 0; i < 64; i++) {
+    const byte = i < keyBytes.length ? keyBytes[i] : 0;
+    inner[i] = byte ^ 0x36;
+    outer[i] = byte ^ 0x5c;
+  }
+  inner.set(body, 64);
+  outer.set(sha256(inner), 64);
+  return sha256(outer);
+}
+
+export function toHex(bytes) {
+  let out = '';
+  for (let i = 0; i < bytes.length; i++) out += (bytes[i] < 16 ? '0' : '') + bytes[i].toString(16);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking the connector's verify answer (docs/api.md §2).
+
+let nonceCounter = 0;
+
+/**
+ * A fresh nonce for each attempt. No crypto RNG exists here; uniqueness is what the nonce needs
+ * (it binds the signed answer to this attempt), and time + counter + Math.random give it.
+ */
+export function makeNonce() {
+  nonceCounter += 1;
+  const seed = `${Date.now()}|${nonceCounter}|${Math.random()}|${Math.random()}`;
+  return toHex(sha256(seed)).slice(0, 32);
+}
+
+function sameText(a, b) {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function refused(code, message) {
+  return { unlock: false, code, person: null, message };
+}
+
+/**
+ * Decide on a verify answer. Unlocks only when the nonce echo, the HMAC signature (keyed with the
+ * device token) and the expiry all hold and the verdict is a match; everything else stays locked.
+ * expected: {serial, nonce, token, nowSeconds}.
+ */
+export function checkVerifyAnswer(answer, expected) {
+  if (!isObject(answer)) return refused('malformed_answer', MESSAGES.malformed);
+  const { verdict, person, nonce, signature } = answer;
+  const expiresAt = answer.expires_at;
+  const personOk = person === null || person === undefined || typeof person === 'string';
+  if (!VERDICTS.includes(verdict) || !personOk || !Number.isSafeInteger(expiresAt) ||
+      typeof signature !== 'string') {
+    return refused('malformed_answer', MESSAGES.malformed);
+  }
+  if (nonce !== expected.nonce) return refused('stale_answer', MESSAGES.staleAnswer);
+  const signed = `${expected.serial}|${expected.nonce}|${verdict}|${person || ''}|${expiresAt}`;
+  if (!sameText(toHex(hmacSha256(expected.token, signed)), signature)) {
+    return refused('bad_signature', MESSAGES.badSignature);
+  }
+  if (expected.nowSeconds > expiresAt + CLOCK_SKEW_S) {
+    return refused('expired_answer', MESSAGES.expiredAnswer);
+  }
+  if (verdict === 'match') {
+    if (typeof person !== 'string' || person.trim() === '') {
+      return refused('malformed_answer', MESSAGES.malformed);
+    }
+    return { unlock: true, code: null, person, message: `Welcome, ${person}` };
+  }
+  const code = typeof answer.code === 'string' ? answer.code : verdict;
+  const message = typeof answer.message === 'string' && answer.message
+    ? answer.message
+    : MESSAGES.failed;
+  return refused(code, message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime state. Nothing here survives a restart, and nothing needs to: start() always locks.
+
+let settings = SETTINGS;
+let state = freshState();
+// Bumped by every lock and stop: an answer or screen change begun before it is void. Module-wide,
+// so not even a stop/start in the same runtime can revive an old attempt.
+let generation = 0;
+
+function freshState() {
+  return {
+    unlocked: false,
+    busy: false,
+    offerFirstEnroll: false,
+    idleTimer: null,
+    progressTimer: null,
+    queue: Promise.resolve(),
+    uiQueue: Promise.resolve(),
+    unsubscribe: [],
+  };
+}
+
+function log(text) {
+  console.log(`faceid: ${text}`);
+}
+
+/** xapi rejections are objects with a message; anything else is printed as it is. */
+function errorText(err) {
+  return String((err && err.message) || err);
+}
+
+function configured() {
+  return settings.deviceToken !== '' && /^https?:\/\/[^\s/]+/.test(settings.connectorUrl);
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function attempt(what, action) {
+  try {
+    return await action();
+  } catch (err) {
+    log(`${what} failed: ${errorText(err)}`);
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Screen.
+
+function panelXml(panel) {
+  return [
+    '<Extensions>',
+    '  <Version>1.11</Version>',
+    '  <Panel>',
+    `    <Order>${panel.order}</Order>`,
+    `    <PanelId>${panel.id}</PanelId>`,
+    '    <Origin>local</Origin>',
+    '    <Location>HomeScreen</Location>',
+    `    <Icon>${panel.icon}</Icon>`,
+    `    <Color>${panel.color}</Color>`,
+    `    <Name>${panel.name}</Name>`,
+    '    <ActivityType>Custom</ActivityType>',
+    '  </Panel>',
+    '</Extensions>',
+  ].join('\n');
+}
+
+async function savePanels() {
+  for (const panel of Object.values(PANELS)) {
+    await attempt(`saving panel ${panel.id}`, () =>
+      xapi.Command.UserInterface.Extensions.Panel.Save({ PanelId: panel.id }, panelXml(panel)));
+  }
+}
+
+async function showPanels(visible) {
+  for (const key of Object.keys(PANELS)) {
+    const Visibility = visible[key] ? 'Auto' : 'Hidden';
+    await attempt(`showing panel ${PANELS[key].id}`, () =>
+      xapi.Command.UserInterface.Extensions.Panel.Update({ PanelId: PANELS[key].id, Visibility }));
+  }
+}
+
+function alert(text, duration = MESSAGE_DURATION_S) {
+  return attempt('showing a message', () =>
+    xapi.Command.UserInterface.Message.Alert.Display({
+      Title: TITLE, Text: String(text).slice(0, 255), Duration: duration,
+    }));
+}
+
+function startProgress(text) {
+  stopProgress();
+  let seconds = 0;
+  alert(text, 0);
+  state.progressTimer = setInterval(() => {
+    seconds += PROGRESS_TICK_MS / 1000;
+    alert(`${text} (${seconds} s)`, 0);
+  }, PROGRESS_TICK_MS);
+}
+
+function stopProgress() {
+  if (state.progressTimer === null) return false;
+  clearInterval(state.progressTimer);
+  state.progressTimer = null;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock and unlock. Screen changes run one after another, so a lock that arrives while an unlock
+// is being applied always has the last word.
+
+function uiTask(task) {
+  const run = state.uiQueue.then(task);
+  state.uiQueue = run.then(() => undefined, () => undefined);
+  return run;
+}
+
+async function hideMenus() {
+  await attempt('hiding the UI', () => xapi.Config.UserInterface.Features.HideAll.set('True'));
+  await attempt('hiding the settings menu', () =>
+    xapi.Config.UserInterface.SettingsMenu.Visibility.set('Hidden'));
+}
+
+async function applyLockedUi() {
+  await hideMenus();
+  await showPanels({ login: true, logout: false, enroll: state.offerFirstEnroll });
+}
+
+/** Lock the screen. Always re-applies everything: the macro never trusts what it remembers. */
+async function lock(reason, message) {
+  state.unlocked = false;
+  generation += 1;
+  clearIdleTimer();
+  const hadProgress = stopProgress();
+  await uiTask(applyLockedUi);
+  if (message) {
+    await alert(message);
+  } else if (hadProgress) {
+    await attempt('clearing a message', () => xapi.Command.UserInterface.Message.Alert.Clear());
+  }
+  log(`locked (${reason})`);
+  if (configured()) tellConnectorLocked();
+}
+
+/** Ends the connector's unlocked session too, so it stops accepting enrollment for this device. */
+function tellConnectorLocked() {
+  attempt('telling the connector', async () => {
+    const serial = await readSerial();
+    if (serial === null) return;
+    const answer = await post('/v1/lock', { serial });
+    if (!answer.ok) log(`connector lock not confirmed (${answer.code})`);
+  });
+}
+
+async function unlock(person, greeting) {
+  const mine = generation;
+  const current = () => generation === mine;
+  state.unlocked = true;
+  state.offerFirstEnroll = false;
+  const done = await uiTask(async () => {
+    if (!current()) return false;
+    await attempt('showing the UI', () => xapi.Config.UserInterface.Features.HideAll.set('False'));
+    if (!current()) return false;
+    await attempt('showing the settings menu', () =>
+      xapi.Config.UserInterface.SettingsMenu.Visibility.set('Auto'));
+    if (!current()) return false;
+    await showPanels({ login: false, logout: true, enroll: true });
+    return current();
+  });
+  if (!done) return;
+  await alert(greeting);
+  armIdleTimer();
+  log(`unlocked for ${person}`);
+}
+
+function clearIdleTimer() {
+  if (state.idleTimer !== null) clearTimeout(state.idleTimer);
+  state.idleTimer = null;
+}
+
+function armIdleTimer() {
+  clearIdleTimer();
+  state.idleTimer = setTimeout(onIdle, settings.relockIdleSeconds * 1000);
+}
+
+async function onIdle() {
+  state.idleTimer = null;
+  if (!state.unlocked) return;
+  const calls = await attempt('reading active calls', () =>
+    xapi.Status.SystemUnit.State.NumberOfActiveCalls.get());
+  if (Number(calls) > 0) {
+    armIdleTimer();
+    return;
+  }
+  await lock('idle', MESSAGES.idleLocked);
+}
+
+function noteActivity() {
+  if (state.unlocked) armIdleTimer();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device facts.
+
+async function readSerial() {
+  const serial = await attempt('reading the serial number', () =>
+    xapi.Status.SystemUnit.Hardware.Module.SerialNumber.get());
+  return typeof serial === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(serial) ? serial : null;
+}
+
+/** Desk models report the camera lid; elsewhere the status does not exist (error code 3). */
+async function cameraLidClosed() {
+  try {
+    return (await xapi.Status.SystemUnit.State.CameraLid.get()) === 'Closed';
+  } catch (err) {
+    if (!err || err.code !== 3) {
+      log(`reading the camera lid failed: ${errorText(err)}`);
+    }
+    return false;
+  }
+}
+
+/** true when the option key is known to be missing; an unreadable one is left to the connector. */
+async function optionKeyMissing() {
+  try {
+    return (await xapi.Status.SystemUnit.Software.OptionKeys.RemoteMonitoring.get()) !== 'True';
+  } catch (err) {
+    log(`reading the Remote Monitoring option key failed: ${errorText(err)}`);
+    return false;
+  }
+}
+
+/** Says once per start what keeps face login from working at all. */
+async function reportPrerequisites() {
+  if (!configured()) {
+    log('connector URL or device token is not set in SETTINGS');
+    return;
+  }
+  const mode = await attempt('reading HttpClient Mode', () => xapi.Config.HttpClient.Mode.get());
+  if (mode !== undefined && mode !== 'On') {
+    log('xConfiguration HttpClient Mode is not On');
+    await alert(MESSAGES.httpClientOff);
+    return;
+  }
+  if (await optionKeyMissing()) {
+    log('the Remote Monitoring option key is missing: the connector cannot take snapshots');
+    await alert(MESSAGES.noOptionKey);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: one request at a time (the device refuses parallel ones), answers parsed, never thrown.
+
+function post(path, payload) {
+  const run = state.queue.then(() => postNow(path, payload));
+  state.queue = run.then(() => undefined, () => undefined);
+  return run;
+}
+
+function withDeadline(promise, ms) {
+  let timer = null;
+  const deadline = new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error('no answer from the device HTTP client')), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+function isNoConnection(err) {
+  return /No available http connections/i.test(errorText(err));
+}
+
+/** Non-2xx rejections carry the status in err.data.StatusCode or in JSON.parse(err.data). */
+function rejectedStatus(err) {
+  let data = err && err.data;
+  if (typeof data === 'string') {
+    try {
+      data = JSON.parse(data);
+    } catch (parseError) {
+      return null;
+    }
+  }
+  const status = isObject(data) ? Number(data.StatusCode) : NaN;
+  return Number.isInteger(status) ? status : null;
+}
+
+function failure(err) {
+  if (isNoConnection(err)) return { ok: false, code: 'busy', message: MESSAGES.busy };
+  const status = rejectedStatus(err);
+  if (status === null) {
+    log(`connector unreachable: ${errorText(err)}`);
+    return { ok: false, code: 'unreachable', message: MESSAGES.unreachable };
+  }
+  log(`connector answered HTTP ${status}`);
+  if (status === 401 || status === 403) {
+    return { ok: false, code: 'unauthorized', message: MESSAGES.unauthorized };
+  }
+  if (status === 429) return { ok: false, code: 'rate_limited', message: MESSAGES.rateLimited };
+  return { ok: false, code: 'service_error', message: MESSAGES.serviceError };
+}
+
+function parseBody(response) {
+  const text = response && response.Body;
+  let body = null;
+  if (typeof text === 'string') {
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      body = null;
+    }
+  }
+  if (!isObject(body)) return { ok: false, code: 'malformed_answer', message: MESSAGES.malformed };
+  return { ok: true, body };
+}
+
+async function postNow(path, payload) {
+  const params = {
+    Url: settings.connectorUrl + path,
+    Header: [
+      'Content-Type: application/json',
+      'Accept: application/json',
+      `Authorization: Bearer ${settings.deviceToken}`,
+    ],
+    AllowInsecureHTTPS: settings.allowInsecureHttps ? 'True' : 'False',
+    ResultBody: 'PlainText',
+    Timeout: settings.requestTimeoutSeconds,
+  };
+  const body = JSON.stringify(payload);
+  const deadlineMs = (settings.requestTimeoutSeconds + 5) * 1000;
+  for (let tries = 1; ; tries++) {
+    try {
+      return parseBody(await withDeadline(xapi.Command.HttpClient.Post(params, body), deadlineMs));
+    } catch (err) {
+      if (!isNoConnection(err) || tries >= NO_CONNECTION_ATTEMPTS) return failure(err);
+      await sleep(NO_CONNECTION_RETRY_MS);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What people touch.
+
+/** Shared checks before the connector is asked to take a snapshot; returns a message or null. */
+async function snapshotBlocker() {
+  if (!configured()) return MESSAGES.notConfigured;
+  if (await cameraLidClosed()) return MESSAGES.lidClosed;
+  if (await optionKeyMissing()) return MESSAGES.noOptionKey;
+  return null;
+}
+
+async function runExclusive(task) {
+  if (state.busy) return;
+  state.busy = true;
+  try {
+    await task();
+  } finally {
+    state.busy = false;
+    stopProgress();
+  }
+}
+
+function login() {
+  return runExclusive(async () => {
+    if (state.unlocked) return;
+    const mine = generation;
+    const blocker = await snapshotBlocker();
+    if (blocker) {
+      await alert(blocker);
+      return;
+    }
+    const serial = await readSerial();
+    if (serial === null) {
+      await alert(MESSAGES.noSerial);
+      return;
+    }
+    const nonce = makeNonce();
+    startProgress(MESSAGES.look);
+    const answer = await post('/v1/verify', { serial, nonce });
+    stopProgress();
+    if (generation !== mine) return; // locked meanwhile: this answer is void
+    if (!answer.ok) {
+      await alert(answer.message);
+      return;
+    }
+    const outcome = checkVerifyAnswer(answer.body, {
+      serial, nonce, token: settings.deviceToken, nowSeconds: Math.floor(Date.now() / 1000),
+    });
+    log(`verify: ${outcome.unlock ? 'match' : outcome.code}`);
+    if (outcome.unlock) {
+      await unlock(outcome.person, outcome.message);
+      return;
+    }
+    if (outcome.code === 'not_enrolled') {
+      state.offerFirstEnroll = true;
+      await uiTask(() => (state.unlocked ? undefined : applyLockedUi()));
+    }
+    await alert(outcome.message);
+  });
+}
+
+function askName() {
+  return attempt('asking for a name', () =>
+    xapi.Command.UserInterface.Message.TextInput.Display({
+      FeedbackId: ENROLL_FEEDBACK_ID,
+      Title: MESSAGES.enrollTitle,
+      Text: MESSAGES.enrollText,
+      Placeholder: 'Your name',
+      SubmitText: 'Take photo',
+      InputType: 'SingleLine',
+      KeyboardState: 'Open',
+    }));
+}
+
+/** The connector's rule for names (docs/api.md §2), so obvious mistakes never leave the device. */
+export function cleanName(text) {
+  const name = typeof text === 'string' ? text.trim() : '';
+  const length = Array.from(name).length;
+  if (length < 1 || length > 64 || /[\u0000-\u001f\u007f-\u009f/\\]/.test(name)) return null;
+  return name;
+}
+
+function enroll(text) {
+  return runExclusive(async () => {
+    const person = cleanName(text);
+    if (person === null) {
+      await alert(MESSAGES.badName);
+      return;
+    }
+    const blocker = await snapshotBlocker();
+    if (blocker) {
+      await alert(blocker);
+      return;
+    }
+    const serial = await readSerial();
+    if (serial === null) {
+      await alert(MESSAGES.noSerial);
+      return;
+    }
+    startProgress(MESSAGES.look);
+    const answer = await post('/v1/enroll', { serial, person });
+    stopProgress();
+    if (!answer.ok) {
+      await alert(answer.message);
+      return;
+    }
+    const { result, message } = answer.body;
+    log(`enroll: ${result} ${answer.body.code || ''}`);
+    if (result === 'enrolled' && !state.unlocked && state.offerFirstEnroll) {
+      state.offerFirstEnroll = false;
+      await uiTask(() => (state.unlocked ? undefined : applyLockedUi()));
+    }
+    await alert(typeof message === 'string' && message ? message : MESSAGES.malformed);
+  });
+}
+
+function onPanelClicked(event) {
+  const id = event && event.PanelId;
+  if (id === PANELS.login.id) login();
+  else if (id === PANELS.logout.id) lock('logout', MESSAGES.locked);
+  else if (id === PANELS.enroll.id) askName();
+}
+
+function onTextInput(event) {
+  if (event && event.FeedbackId === ENROLL_FEEDBACK_ID) enroll(event.Text);
+}
+
+function onStandby(value) {
+  if (LOCKING_STANDBY_STATES.includes(value)) lock(`standby ${value}`);
+}
+
+/** Someone changed a lock setting while locked: put it back. */
+function relockSetting(lockedValue) {
+  return (value) => {
+    if (value !== lockedValue && !state.unlocked) {
+      uiTask(() => (state.unlocked ? undefined : hideMenus()));
+    }
+  };
+}
+
+function subscribe() {
+  const ui = xapi.Event.UserInterface;
+  state.unsubscribe = [
+    ui.Extensions.on(noteActivity),
+    ui.Message.TextInput.Response.on(noteActivity),
+    ui.Extensions.Panel.Clicked.on(onPanelClicked),
+    ui.Message.TextInput.Response.on(onTextInput),
+    xapi.Status.Standby.State.on(onStandby),
+    xapi.Config.UserInterface.Features.HideAll.on(relockSetting('True')),
+    xapi.Config.UserInterface.SettingsMenu.Visibility.on(relockSetting('Hidden')),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Life cycle.
+
+function normalise(overrides) {
+  const merged = Object.assign({}, SETTINGS, overrides);
+  const timeout = Math.round(Number(merged.requestTimeoutSeconds));
+  const idle = Math.round(Number(merged.relockIdleSeconds));
+  return Object.freeze({
+    connectorUrl: String(merged.connectorUrl).replace(/\/+$/, ''),
+    deviceToken: String(merged.deviceToken),
+    allowInsecureHttps: merged.allowInsecureHttps === true,
+    relockIdleSeconds: idle >= 10 ? idle : 10,
+    requestTimeoutSeconds: timeout >= 1 && timeout <= 29 ? timeout : 25,
+  });
+}
+
+/** Stop listening and cancel timers (what a runtime restart does); leaves the screen as it is. */
+export function stop() {
+  for (const off of state.unsubscribe) {
+    if (typeof off === 'function') off();
+  }
+  clearIdleTimer();
+  stopProgress();
+  generation += 1;
+  state = freshState();
+}
+
+/** Lock first, then listen. Tests pass settings overrides; on the device it runs at load. */
+export async function start(overrides = {}) {
+  stop();
+  settings = normalise(overrides);
+  await hideMenus();
+  await savePanels();
+  await lock('start');
+  subscribe();
+  await reportPrerequisites();
+}
+
+if (xapi.manualStart !== true) {
+  start().catch((err) => log(`start failed: ${errorText(err)}`));
+}

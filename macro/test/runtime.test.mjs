@@ -1,0 +1,54 @@
+// faceid.js is what an admin uploads: one file, only what the RoomOS macro runtime offers.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+
+const source = readFileSync(new URL('../faceid.js', import.meta.url), 'utf8');
+const code = source
+  .replace(/\/\*[\s\S]*?\*\//g, '')
+  .replace(/(^|\s)\/\/.*$/gm, '$1')
+  .replace(/'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`/g, "''");
+
+test('the only import is the device xapi, written as RoomOS expects it', () => {
+  const imports = source.match(/^\s*import\b.*$/gm);
+  assert.deepEqual(imports, ["import xapi from 'xapi';"]);
+  assert.doesNotMatch(code, /\bimport\s*\(/, 'no dynamic import');
+});
+
+test('no API the macro runtime lacks is used', () => {
+  const missing = ['fetch', 'require', 'process', 'Buffer', 'TextEncoder', 'TextDecoder', 'crypto',
+    'structuredClone', 'queueMicrotask', 'setImmediate', 'XMLHttpRequest', 'window', 'document',
+    '__dirname'];
+  for (const name of missing) assert.doesNotMatch(code, new RegExp(`\\b${name}\\b`), name);
+});
+
+test('no syntax or library newer than ES2020 is used', () => {
+  const newer = {
+    'logical assignment': /\?\?=|\|\|=|&&=/,
+    'numeric separator': /\d_\d/,
+    'class fields or private names': /#[A-Za-z_]|\bclass\b/,
+    'Array/String .at()': /\.at\(/,
+    'Object.hasOwn': /Object\.hasOwn\b/,
+    replaceAll: /\.replaceAll\(/,
+    'Promise.any': /Promise\.any\b/,
+    'top-level await': /^await\b/m,
+  };
+  for (const [what, pattern] of Object.entries(newer)) assert.doesNotMatch(code, pattern, what);
+});
+
+test('settings come first and ship without a token', () => {
+  const settingsAt = source.indexOf('const SETTINGS = {');
+  const firstFunction = source.search(/^(export )?(async )?function /m);
+  assert.ok(settingsAt > 0 && settingsAt < firstFunction);
+  const block = source.slice(settingsAt, source.indexOf('};', settingsAt));
+  for (const key of ['connectorUrl', 'deviceToken', 'allowInsecureHttps', 'relockIdleSeconds',
+    'requestTimeoutSeconds']) {
+    assert.match(block, new RegExp(`\\b${key}:`), key);
+  }
+  assert.match(block, /deviceToken: '',/);
+});
+
+test('on the device the macro starts itself when it is loaded', () => {
+  const tail = code.slice(code.lastIndexOf('if (xapi.manualStart'));
+  assert.match(tail, /^if \(xapi\.manualStart !== true\) \{\s*start\(\)\.catch/);
+});

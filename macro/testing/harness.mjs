@@ -1,0 +1,91 @@
+/**
+ * Shared test setup: a factory-fresh fake device with HttpClient on, a connector double with a
+ * token made at run time, and the macro started against it (fake timers and clock by default).
+ */
+import './register-xapi.mjs';
+import { randomBytes } from 'node:crypto';
+import xapi, { fake } from './fake-xapi.mjs';
+import { ConnectorDouble } from './connector-double.mjs';
+
+export { fake, xapi };
+
+const MACRO_URL = new URL('../faceid.js', import.meta.url).href;
+export const NOW_MS = Date.UTC(2026, 0, 15, 9, 0, 0);
+export const SERIAL = 'FOC1234X5YZ';
+
+/** The macro module; a new `instance` tag gives a fresh copy, as a runtime restart does. */
+export function importMacro(instance = '') {
+  return import(instance ? `${MACRO_URL}?instance=${instance}` : MACRO_URL);
+}
+
+export function makeToken() {
+  return randomBytes(24).toString('base64url');
+}
+
+/** Let pending promise chains and fake-device callbacks run to completion. */
+export async function settle(rounds = 20) {
+  for (let i = 0; i < rounds; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Advance the fake clock step by step so async work between timers runs as it would. */
+export async function advance(t, ms, step = 1000) {
+  for (let done = 0; done < ms; done += step) {
+    t.mock.timers.tick(Math.min(step, ms - done));
+    await settle(5);
+  }
+}
+
+/**
+ * Factory-reset the fake device, switch HttpClient on, start the macro with a connector double.
+ * options: {settings, fakeTimers = true, prepare(fake)} — prepare runs before the macro starts.
+ */
+export async function boot(t, { settings = {}, fakeTimers = true, prepare } = {}) {
+  const macro = await importMacro();
+  macro.stop();
+  fake.reset();
+  if (!console.log.mock) t.mock.method(console, 'log', () => {}); // a test may collect the log
+  if (fakeTimers) {
+    t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: NOW_MS });
+  }
+  fake.setConfig('HttpClient Mode', 'On');
+  const token = makeToken();
+  const connector = new ConnectorDouble({ token, serial: SERIAL });
+  fake.http.route((request) => connector.handle(request));
+  if (prepare) await prepare(fake);
+  await macro.start({
+    connectorUrl: 'https://connector.test:8443', deviceToken: token, ...settings,
+  });
+  await settle();
+  t.after(() => macro.stop());
+  return { macro, connector, token };
+}
+
+export function tap(panelId) {
+  fake.emit('UserInterface Extensions Panel Clicked', { PanelId: panelId });
+}
+
+/** What a person at the device sees that matters for the lock. */
+export function screen() {
+  return {
+    hideAll: fake.configValue('UserInterface Features HideAll'),
+    settingsMenu: fake.configValue('UserInterface SettingsMenu Visibility'),
+    panels: fake.visiblePanels().sort(),
+    alert: fake.lastAlert(),
+  };
+}
+
+export const LOCKED = { hideAll: 'True', settingsMenu: 'Hidden', panels: ['faceid_login'] };
+export const UNLOCKED = {
+  hideAll: 'False', settingsMenu: 'Auto', panels: ['faceid_enroll', 'faceid_logout'],
+};
+
+export function lockState() {
+  const { hideAll, settingsMenu, panels } = screen();
+  return { hideAll, settingsMenu, panels };
+}
+
+/** Tap "Unlock with my face" and wait for the outcome. */
+export async function tapLogin() {
+  tap('faceid_login');
+  await settle();
+}

@@ -1,0 +1,408 @@
+"""The connector's TOML file: defaults as documented, every mistake named by its field, secrets
+only by reference, and admin edits that keep the rest of the file as it was."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from faceverify.errors import FaceIdError
+
+import connector.config as config_module
+from connector.auth import token_hash
+from connector.config import (
+    ConnectorConfig,
+    DeviceDefaults,
+    PolicyConfig,
+    ServerConfig,
+    TlsPolicy,
+    add_device,
+    config_path,
+    decode_store_key,
+    load_config,
+    remove_device,
+)
+from connector.secretref import resolve_secret
+from tests.fakes.secret_manager import FakeSecretManager
+from tests.procs import REPO
+
+EXAMPLE = REPO / "infra" / "connector" / "faceid.example.toml"
+HASH_A = hashlib.sha256(b"token a").hexdigest()
+HASH_B = hashlib.sha256(b"token b").hexdigest()
+BASE = """\
+[function]
+url = "https://europe-west1-p.cloudfunctions.net/verify_faces"
+
+[store]
+path = "state/faceid.db"
+key = "env:FACEID_TEST_STORE_KEY"
+"""
+
+
+def device(serial: str = "FOC1", token: str = HASH_A, **fields: str) -> str:
+    values = {
+        "serial": f'"{serial}"',
+        "host": '"10.0.0.5"',
+        "username": '"faceid"',
+        "password": '"env:DEVICE_PW"',
+        "tls": "{ insecure = true }",
+        "token_sha256": f'"{token}"',
+        **fields,
+    }
+    body = "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
+    return f"\n[[devices]]\n{body}"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "faceid.toml"
+    path.write_text(text)
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(FaceIdError) as caught:
+        load_config(path)
+    assert caught.value.code == "config_error"
+    assert caught.value.message.startswith(f"{path}: ")
+    return caught.value.message[len(f"{path}: ") :]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def test_the_example_file_loads():
+    config = load_config(EXAMPLE)
+    first, second = config.devices
+    assert (first.serial, first.username, first.password) == (
+        "FOC2401ABCD",
+        "faceid",
+        "env:FACEID_DEVICE_PASSWORD",
+    )
+    assert (
+        first.tls.fingerprint_sha256
+        == "3f8a1b52c4d09e77216be348f05ca9128d64b73e05fac1299d4e63b8701a2cd5"
+    )
+    assert (second.username, second.tls, second.name) == (
+        "faceid-lab",
+        TlsPolicy(insecure=True),
+        "Lab desk",
+    )
+    assert config.store.path == "/var/lib/faceid/faceid.db"
+    assert config.function.audience == config.function.url
+    assert config.policy == PolicyConfig() and config.webex is None
+
+
+def documented_defaults() -> list[tuple[str, str, object]]:
+    """(section, field, value) of every literal default in config.py's table."""
+    import tomllib
+
+    rows = []
+    for m in re.finditer(r"^\| `(\w+)\.(\w+)` \| `([^`]+)` \|", config_module.__doc__ or "", re.M):
+        try:
+            value = tomllib.loads(f"v = {m.group(3)}")["v"]
+        except tomllib.TOMLDecodeError:
+            continue  # a reference to another field, not a literal
+        rows.append((m.group(1), m.group(2), value))
+    return rows
+
+
+def test_defaults_are_the_documented_ones(tmp_path):
+    config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
+    rows = documented_defaults()
+    assert len(rows) == 18
+    for section, field, value in rows:
+        assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
+    assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
+    assert config.policy.threshold is None and config.devices == ()
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "ca.pem").write_text("pem")
+    text = BASE.replace('"env:FACEID_TEST_STORE_KEY"', '"file:secrets/key"') + device(
+        tls='{ ca_bundle = "ca.pem" }', password='"file:pw"'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.store.path == str(tmp_path / "state" / "faceid.db")
+    assert config.store.key == f"file:{tmp_path / 'secrets' / 'key'}"
+    assert config.devices[0].tls.ca_bundle == str(tmp_path / "ca.pem")
+    assert config.devices[0].password == f"file:{tmp_path / 'pw'}"
+
+
+def test_device_defaults_fill_in_and_are_overridden(tmp_path):
+    text = (
+        BASE
+        + '[device_defaults]\nusername = "svc"\npassword = "env:SHARED"\n'
+        + device("A", username=None, password=None)
+        + device("B", token=HASH_B, username='"own"', password=None)
+    )
+    a, b = load_config(write(tmp_path, text)).devices
+    assert (a.username, a.password, b.username, b.password) == (
+        "svc",
+        "env:SHARED",
+        "own",
+        "env:SHARED",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[store]\npath = 'x'\nkey = 'env:K'\n", "function is required"),
+        (BASE.replace("https://", "http://"), "function.url must be an https:// URL"),
+        (BASE + device(tls='{ insecure = true, fingerprint_sha256 = "' + "a" * 64 + '" }'),
+         "devices[0].tls: set exactly one of ca_bundle, fingerprint_sha256, insecure = true"),
+        (BASE + device(tls=None),
+         "devices[0].tls: set exactly one of ca_bundle, fingerprint_sha256, insecure = true"),
+        (BASE + device(tls="{ insecure = false }"), "devices[0].tls: set exactly one of"),
+        (BASE + device(tls='{ ca_bundle = "nope.pem" }'), "devices[0].tls.ca_bundle: file "),
+        (BASE + device(tls='{ fingerprint_sha256 = "abc" }'),
+         "devices[0].tls.fingerprint_sha256 must be 64 hex characters"),
+        (BASE + "[server]\nprot = 1\n", "server: unknown key 'prot'"),
+        (BASE + "[extra]\n", "unknown section [extra]"),
+        (BASE + "[server]\nport = true\n", "server.port must be a whole number from 1 to 65535"),
+        (BASE + "[server]\ntls_cert = 'c.pem'\n", "server.tls_cert: file"),
+        (BASE + device(serial="bad serial"), "devices[0].serial has an invalid value"),
+        (BASE + device("A") + device("A", token=HASH_B),
+         "devices[1].serial 'A' is already used by devices[0]"),
+        (BASE + device("A") + device("B"), "devices[1].token_sha256 is the same as devices[0]'s"),
+        (BASE + device(token="abc"), "devices[0].token_sha256 must be 64 hex characters"),
+        (BASE + device(host='"https://10.0.0.5"'), "devices[0].host has an invalid value"),
+        (BASE + device(username=None),
+         "devices[0].username is required (here or in [device_defaults])"),
+        (BASE + "[policy]\nthreshold = 'high'\n", "policy.threshold must be a number"),
+        (BASE + "[policy]\nmax_people_per_device = 11\n",
+         "policy.max_people_per_device must be a whole number from 1 to 10"),
+        (BASE + "[policy]\nlockout_base_s = 60\nlockout_max_s = 30\n",
+         "policy.lockout_max_s must not be less than policy.lockout_base_s"),
+        (BASE + "[webex]\nbot_token = 'env:T'\nroom_id = 'R'\nevents = 'some'\n",
+         "webex.events must be one of 'failures', 'all'"),
+        (BASE + "[webex]\nroom_id = 'R'\n", "webex.bot_token is required"),
+        (BASE + "[function]\n", "not valid TOML"),
+        (BASE + "[devices]\nserial = 'A'\n", "devices must be an array of tables"),
+        (BASE.replace("[function]\n", "[function]\nauth = 'none'\ncredentials_file = 'k.json'\n"),
+         "function.credentials_file: file"),
+        (BASE + "[log]\nlevel = 'LOUD'\n", "log.level must be one of"),
+    ],
+)  # fmt: skip
+def test_a_mistake_is_named_by_its_field(tmp_path, text, message):
+    assert message in load_error(tmp_path, text)
+
+
+def test_http_is_accepted_for_a_loopback_function(tmp_path):
+    text = BASE.replace("https://europe-west1-p.cloudfunctions.net", "http://127.0.0.1:8080")
+    assert load_config(write(tmp_path, text)).function.url == "http://127.0.0.1:8080/verify_faces"
+
+
+@pytest.mark.parametrize("where", ["device", "store", "webex"])
+def test_a_literal_secret_is_refused_without_being_echoed(tmp_path, where):
+    secret = "Hunter2-correct-horse"
+    if where == "device":
+        text = BASE + device(password=f'"{secret}"')
+        field = "devices[0].password"
+    elif where == "store":
+        text = BASE.replace('"env:FACEID_TEST_STORE_KEY"', f'"{secret}"')
+        field = "store.key"
+    else:
+        text = BASE + f'[webex]\nbot_token = "{secret}"\nroom_id = "R"\n'
+        field = "webex.bot_token"
+    message = load_error(tmp_path, text)
+    assert f"{field} must be a secret reference" in message and "literal" in message
+    assert secret not in message
+
+
+def test_a_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(FaceIdError) as caught:
+        load_config(tmp_path / "absent.toml")
+    assert caught.value.code == "config_error" and "does not exist" in caught.value.message
+
+
+def test_config_path_comes_from_the_option_then_the_environment(monkeypatch):
+    monkeypatch.setenv("FACEID_CONFIG", "/etc/faceid/from-env.toml")
+    assert config_path("/tmp/cli.toml") == "/tmp/cli.toml"
+    assert config_path(None) == "/etc/faceid/from-env.toml"
+    monkeypatch.delenv("FACEID_CONFIG")
+    with pytest.raises(FaceIdError, match="FACEID_CONFIG"):
+        config_path(None)
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+KEY = bytes(range(32))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        KEY.hex(),
+        KEY.hex().upper(),
+        base64.b64encode(KEY).decode(),
+        base64.urlsafe_b64encode(KEY).decode().rstrip("="),
+        base64.b64encode(KEY).decode() + "\n",
+    ],
+)
+def test_store_key_is_32_bytes_in_hex_or_base64(text):
+    assert decode_store_key(text) == KEY
+
+
+@pytest.mark.parametrize(
+    "text", [KEY[:16].hex(), base64.b64encode(KEY[:31]).decode(), "x" * 44, "!" + "A" * 43]
+)
+def test_a_store_key_of_the_wrong_length_stops_start_up(text):
+    with pytest.raises(FaceIdError) as caught:
+        decode_store_key(text)
+    assert "must be 32 bytes" in caught.value.message and text not in caught.value.message
+
+
+def test_resolve_helpers_read_each_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEID_TEST_STORE_KEY", KEY.hex())
+    monkeypatch.setenv("DEVICE_PW", "device-pw")
+    text = BASE + device() + '[webex]\nbot_token = "file:bot"\nroom_id = "R"\n'
+    (tmp_path / "bot").write_text("bot-token\n")
+    (tmp_path / "bot").chmod(0o600)
+    config: ConnectorConfig = load_config(write(tmp_path, text))
+    assert config.store.resolve_key() == KEY
+    assert config.devices[0].resolve_password() == "device-pw"
+    assert config.webex is not None and config.webex.resolve_bot_token() == "bot-token"
+
+
+def test_env_reference(monkeypatch):
+    monkeypatch.setenv("FACEID_PW", " spaced pw ")
+    assert resolve_secret("env:FACEID_PW", "x") == " spaced pw "
+    monkeypatch.setenv("FACEID_PW", "")
+    with pytest.raises(FaceIdError, match="x: environment variable FACEID_PW is not set or empty"):
+        resolve_secret("env:FACEID_PW", "x")
+
+
+def test_file_reference_drops_one_trailing_newline(tmp_path):
+    path = tmp_path / "pw"
+    path.write_bytes(b"line one\r\n")
+    path.chmod(0o600)
+    assert resolve_secret(f"file:{path}", "x") == "line one"
+    path.write_bytes(b"pw \n\n")
+    assert resolve_secret(f"file:{path}", "x") == "pw \n"
+
+
+def test_file_reference_failures_name_the_file_not_the_value(tmp_path):
+    with pytest.raises(FaceIdError, match=r"devices\[0\]\.password: secret file .*absent"):
+        resolve_secret(f"file:{tmp_path / 'absent'}", "devices[0].password")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    with pytest.raises(FaceIdError, match="is empty"):
+        resolve_secret(f"file:{empty}", "x")
+    with pytest.raises(FaceIdError, match="could not be read"):
+        resolve_secret(f"file:{tmp_path}", "x")
+
+
+def test_a_secret_file_readable_by_others_is_used_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "pw"
+    path.write_text("s3cret-value")
+    path.chmod(0o644)
+    assert resolve_secret(f"file:{path}", "store.key") == "s3cret-value"
+    out = capsys.readouterr().out
+    assert "readable by group or others" in out and "s3cret-value" not in out
+
+
+def test_gsm_reference_reads_secret_manager(monkeypatch):
+    with FakeSecretManager() as gsm:
+        monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", gsm.address)
+        name = gsm.add_version("projects/p/secrets/device-pw", "from-gsm\n")
+        assert resolve_secret(f"gsm:{name}", "devices[0].password") == "from-gsm"
+        gsm.set_state(name, "DISABLED")
+        with pytest.raises(FaceIdError) as caught:
+            resolve_secret(f"gsm:{name}", "devices[0].password")
+        assert caught.value.code == "config_error"
+        assert "devices[0].password" in caught.value.message and name in caught.value.message
+        assert "from-gsm" not in caught.value.message
+
+
+# --- admin edits -----------------------------------------------------------------------------
+
+COMMENTED = (
+    "# Connector for building 4\n"
+    + BASE.replace('path = "state/faceid.db"', 'path = "state/faceid.db"  # keep on the SSD')
+    + "\n# Boardroom: pinned certificate\n"
+    + device("FOC1").lstrip("\n")
+    + "\n# The lab desk (comment introducing the next block)\n"
+    + device("FOC2", token=HASH_B).lstrip("\n")
+    + "\n[log]\nlevel = 'DEBUG'  # for now\n"
+)
+
+
+def test_add_device_appends_a_block_and_returns_its_token_once(tmp_path):
+    path = write(tmp_path, COMMENTED)
+    path.chmod(0o640)
+    token = add_device(
+        path,
+        serial="FOC3",
+        host="10.0.0.9:8443",
+        tls=TlsPolicy(fingerprint_sha256="AB:" * 31 + "AB"),
+        username="faceid",
+        password_ref="file:/etc/faceid/secrets/foc3",
+        name='Room "3"',
+    )
+    text = path.read_text()
+    assert text.startswith(COMMENTED)
+    assert token not in text and len(token) >= 43
+    added = load_config(path).device("FOC3")
+    assert added is not None and added.token_sha256 == token_hash(token)
+    assert (added.host, added.name, added.tls.fingerprint_sha256) == (
+        "10.0.0.9:8443",
+        'Room "3"',
+        "ab" * 32,
+    )
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["faceid.toml"]  # no temporary file left behind
+
+
+def test_add_device_refuses_a_bad_or_duplicate_device_and_leaves_the_file(tmp_path):
+    path = write(tmp_path, COMMENTED)
+    with pytest.raises(FaceIdError, match="already configured"):
+        add_device(path, serial="FOC1", host="10.0.0.9", tls=TlsPolicy(insecure=True))
+    with pytest.raises(FaceIdError, match=r"devices\[2\]\.host has an invalid value"):
+        add_device(path, serial="FOC3", host="https://x", tls=TlsPolicy(insecure=True),
+                   username="u", password_ref="env:P")  # fmt: skip
+    with pytest.raises(FaceIdError, match=r"devices\[2\]\.password must be a secret reference"):
+        add_device(path, serial="FOC3", host="10.0.0.9", tls=TlsPolicy(insecure=True),
+                   username="u", password_ref="plain-password")  # fmt: skip
+    assert path.read_text() == COMMENTED
+
+
+def test_remove_device_deletes_only_its_block(tmp_path):
+    path = write(tmp_path, COMMENTED)
+    assert remove_device(path, "FOC1") is True
+    text = path.read_text()
+    assert 'serial = "FOC1"' not in text
+    for kept in ("# Connector for building 4", "# keep on the SSD", "# The lab desk",
+                 'serial = "FOC2"', "level = 'DEBUG'  # for now"):  # fmt: skip
+        assert kept in text
+    assert [d.serial for d in load_config(path).devices] == ["FOC2"]
+    assert remove_device(path, "FOC1") is False
+    assert remove_device(path, "FOC2") is True
+    assert load_config(path).devices == ()
+    assert "[log]" in path.read_text()
+
+
+def test_remove_device_handles_a_tls_sub_table(tmp_path):
+    text = BASE + device("FOC1", tls=None) + '[devices.tls]\nfingerprint_sha256 = "' + "c" * 64
+    text += '"\n' + device("FOC2", token=HASH_B)
+    path = write(tmp_path, text)
+    assert load_config(path).devices[0].tls.fingerprint_sha256 == "c" * 64
+    assert remove_device(path, "FOC1") is True
+    assert [d.serial for d in load_config(path).devices] == ["FOC2"]
+    assert "c" * 64 not in path.read_text()
+
+
+def test_added_then_removed_device_restores_the_file(tmp_path):
+    path = write(tmp_path, COMMENTED)
+    add_device(path, serial="FOC3", host="h", tls=TlsPolicy(insecure=True), username="u",
+               password_ref="env:P")  # fmt: skip
+    assert remove_device(path, "FOC3") is True
+    assert path.read_text() == COMMENTED

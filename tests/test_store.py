@@ -1,0 +1,352 @@
+"""The SQLite store: encrypted photos bound to their rows, all-or-nothing enrollments, fair choice
+of references, and the state lockouts and unlocked sessions keep across restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from faceverify.errors import FaceIdError
+
+from connector.store import AuditEntry, Store
+from tests.procs import REPO
+from tests.samples import astronaut_jpeg, grace_hopper_jpeg
+
+SERIAL = "FOC1234X5YZ"
+
+
+@pytest.fixture
+def key():
+    return os.urandom(32)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "state" / "faceid.db")
+
+
+@pytest.fixture
+def store(path, key):
+    s = Store.open(path, key)
+    yield s
+    s.close()
+
+
+def photo(n: int) -> bytes:
+    """Distinct small JPEG-like payloads (the store does not decode images)."""
+    return b"\xff\xd8\xff" + hashlib.sha256(n.to_bytes(4, "big")).digest() * 2
+
+
+def file_bytes(path: str) -> bytes:
+    data = b""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            with open(path + suffix, "rb") as f:
+                data += f.read()
+    return data
+
+
+def test_reference_photos_round_trip(store):
+    alice, bob = grace_hopper_jpeg(), astronaut_jpeg()
+    store.add_reference(SERIAL, "Alice Example", alice)
+    store.add_reference(SERIAL, "Bob", bob)
+    store.add_reference("OTHER", "Carol", photo(1))
+
+    refs = store.references_for(SERIAL)
+    assert sorted(refs) == sorted([("Alice Example", alice), ("Bob", bob)])
+    assert refs[0].person in ("Alice Example", "Bob")
+    assert store.count_people(SERIAL) == 2
+    assert [(p.name, p.references) for p in store.people(SERIAL)] == [
+        ("Alice Example", 1),
+        ("Bob", 1),
+    ]
+    assert store.references_for("NOBODY") == []
+
+
+def test_files_hold_no_window_of_any_photo(store, path):
+    images = [grace_hopper_jpeg(), astronaut_jpeg()]
+    for n, image in enumerate(images):
+        store.add_reference(SERIAL, f"person {n}", image)
+    store.record_audit(action="enroll", serial=SERIAL, person="person 0", outcome="enrolled")
+
+    data = file_bytes(path)
+    assert len(data) > sum(map(len, images))  # the ciphertexts are in there
+    windows = {data[i : i + 32] for i in range(len(data) - 31)}
+    for image in images:
+        found = [
+            i
+            for i in range(len(image) - 31)
+            if len(set(image[i : i + 32])) > 1 and image[i : i + 32] in windows
+        ]
+        assert found == []
+
+
+def test_a_new_store_file_is_private(store, path):
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+def test_a_wrong_key_is_refused_at_open(store, path):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    store.close()
+    with pytest.raises(FaceIdError) as caught:
+        Store.open(path, os.urandom(32))
+    assert caught.value.code == "config_error"
+    assert caught.value.message == "the store key does not match the one the store was created with"
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path, key):
+    bogus = tmp_path / "faceid.db"
+    bogus.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(FaceIdError) as caught:
+        Store.open(str(bogus), key)
+    assert caught.value.code == "config_error" and str(bogus) in caught.value.message
+
+
+def swap_ciphertexts(path: str, a: int, b: int) -> None:
+    with sqlite3.connect(path) as db:
+        rows = {
+            rid: (nonce, ct)
+            for rid, nonce, ct in db.execute(
+                "SELECT id, nonce, ciphertext FROM reference_images WHERE id IN (?, ?)", (a, b)
+            )
+        }
+        for target, source in ((a, b), (b, a)):
+            db.execute(
+                "UPDATE reference_images SET nonce = ?, ciphertext = ? WHERE id = ?",
+                (*rows[source], target),
+            )
+
+
+def test_swapped_ciphertexts_fail_to_decrypt(store, path):
+    a = store.add_reference(SERIAL, "Alice", photo(1)).reference_id
+    b = store.add_reference(SERIAL, "Mallory", photo(2)).reference_id
+    swap_ciphertexts(path, a, b)
+    with pytest.raises(FaceIdError) as caught:
+        store.references_for(SERIAL)
+    assert caught.value.code == "internal_error" and "integrity" in caught.value.message
+
+
+def test_a_photo_moved_to_another_person_fails_to_decrypt(store, path):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    mallory = store.add_reference(SERIAL, "Mallory", photo(2))
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE reference_images SET person_id = ? WHERE person_id != ?",
+            (mallory.person_id, mallory.person_id),
+        )
+    with pytest.raises(FaceIdError):
+        store.references_for(SERIAL)
+
+
+def test_oldest_photos_are_dropped_beyond_the_per_person_limit(store):
+    for n in range(4):
+        store.add_reference(SERIAL, "Alice", photo(n), max_references_per_person=3, now=100.0 + n)
+    result = store.add_reference(SERIAL, "Alice", photo(4), max_references_per_person=3, now=104.0)
+    assert (result.references, result.dropped) == (3, 1)
+    assert [img for _, img in store.references_for(SERIAL)] == [photo(4), photo(3), photo(2)]
+
+
+def test_people_beyond_the_device_limit_are_refused(store):
+    for n in range(3):
+        store.add_reference(SERIAL, f"P{n}", photo(n), max_people=3)
+    store.add_reference(SERIAL, "P0", photo(9), max_people=3)  # an existing person may add more
+    with pytest.raises(FaceIdError) as caught:
+        store.add_reference(SERIAL, "P3", photo(3), max_people=3)
+    assert caught.value.code == "too_many_references"
+    assert store.count_people(SERIAL) == 3
+
+
+def test_only_if_empty_refuses_a_device_with_someone_enrolled(store):
+    store.add_reference(SERIAL, "Alice", photo(1), only_if_empty=True)
+    with pytest.raises(FaceIdError) as caught:
+        store.add_reference(SERIAL, "Mallory", photo(2), only_if_empty=True)
+    assert caught.value.code == "locked"
+    assert [p.name for p in store.people(SERIAL)] == ["Alice"]
+
+
+def test_references_are_chosen_round_robin_newest_first(store):
+    t = 1000.0
+    for person, count in (("A", 5), ("B", 5), ("C", 2)):
+        for n in range(count):
+            t += 1
+            store.add_reference(SERIAL, person, f"{person}{n}".encode(), now=t)
+    chosen = [img.decode() for _, img in store.references_for(SERIAL, limit=10)]
+    # Round 1: everyone's newest; round 2: second newest; then B and A's third, then fourth.
+    assert chosen[:3] == ["C1", "B4", "A4"]
+    assert chosen[3:6] == ["C0", "B3", "A3"]
+    assert chosen[6:] == ["B2", "A2", "B1", "A1"]
+
+
+def test_a_failed_enrollment_leaves_nothing(store):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    bad_audit = AuditEntry(action="enroll", stages_ms={"x": object()})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        store.add_reference(SERIAL, "Bob", photo(2), audit=bad_audit)
+    assert [p.name for p in store.people(SERIAL)] == ["Alice"]
+    assert len(store.references_for(SERIAL)) == 1
+    assert store.audit() == []
+
+
+KILLED_INSIDE_ENROLLMENT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from connector.store import AuditEntry, Store
+
+    class Dying(Store):
+        def _insert_audit(self, conn, entry, now):
+            # Person and photo rows are written; the transaction is still open.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store = Dying.open(sys.argv[1], bytes.fromhex(sys.argv[2]))
+    store.add_reference("FOC1", "Bob", b"\\xff\\xd8\\xff" + os.urandom(200_000),
+                        audit=AuditEntry(action="enroll"))
+    """
+)
+
+
+def test_an_enrollment_killed_midway_leaves_nothing(store, path, key):
+    store.add_reference("FOC1", "Alice", photo(1))
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_INSIDE_ENROLLMENT, path, key.hex()],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    store.close()
+    reopened = Store.open(path, key)
+    try:
+        assert [p.name for p in reopened.people("FOC1")] == ["Alice"]
+        assert len(reopened.references_for("FOC1")) == 1
+        assert reopened.audit() == []
+    finally:
+        reopened.close()
+
+
+def test_concurrent_writers_all_land(store):
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        start.wait()
+        try:
+            for i in range(10):
+                store.add_reference(SERIAL, f"P{n}", photo(i), max_references_per_person=10)
+                store.record_audit(action="verify", serial=SERIAL, outcome="no_match")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [p.references for p in store.people(SERIAL)] == [10] * 8
+    assert len(store.audit(limit=1000)) == 80
+
+
+def test_reading_references_is_fast_under_concurrency(store):
+    image = grace_hopper_jpeg()  # ~60 KB, a large reference photo
+    for n in range(10):
+        store.add_reference(SERIAL, f"P{n}", image)
+    timings: list[float] = []
+
+    def work() -> None:
+        for _ in range(20):
+            started = time.perf_counter()
+            assert len(store.references_for(SERIAL)) == 10
+            timings.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    timings.sort()
+    median, p95 = timings[len(timings) // 2], timings[int(len(timings) * 0.95)]
+    print(f"references_for: 10 x {len(image)} B, 8 threads: median {median * 1000:.1f} ms, "
+          f"p95 {p95 * 1000:.1f} ms")  # fmt: skip
+    assert median < 0.05
+
+
+def test_removing_a_person_removes_their_photos_and_session(store):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    store.add_reference(SERIAL, "Bob", photo(2))
+    store.set_unlocked(SERIAL, "Alice")
+    assert store.remove_person(SERIAL, "Alice") is True
+    assert store.remove_person(SERIAL, "Alice") is False
+    assert store.references_for(SERIAL) == [("Bob", photo(2))]
+    assert not store.is_unlocked(SERIAL, 600)
+
+
+def test_removing_a_device_forgets_it_but_keeps_its_audit(store):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    store.add_reference("OTHER", "Carol", photo(2))
+    store.set_unlocked(SERIAL, "Alice")
+    store.update_lockout(SERIAL, lambda s: type(s)(3, 0.0))
+    store.record_audit(action="verify", serial=SERIAL, outcome="match")
+    assert store.remove_device(SERIAL) == 1
+    assert store.count_people(SERIAL) == 0 and store.count_people("OTHER") == 1
+    assert store.lockout_state(SERIAL).failures == 0
+    assert not store.is_unlocked(SERIAL, 600)
+    assert len(store.audit(serial=SERIAL)) == 1
+
+
+def test_audit_is_newest_first_and_filtered_by_device(store):
+    store.record_audit(action="verify", serial=SERIAL, outcome="no_match", code="not_recognized")
+    store.record_audit(
+        action="verify",
+        serial=SERIAL,
+        request_id="a" * 32,
+        outcome="match",
+        person="Alice",
+        score=0.71,
+        stages_ms={"snapshot": 410.5, "function": 950.0},
+    )
+    store.record_audit(action="lock", serial="OTHER", outcome="locked")
+    entries = store.audit(limit=10, serial=SERIAL)
+    assert [e.outcome for e in entries] == ["match", "no_match"]
+    assert entries[0].stages_ms == {"snapshot": 410.5, "function": 950.0}
+    assert entries[0].to_json()["person"] == "Alice" and entries[0].time > 0
+    assert len(store.audit(limit=2)) == 2
+
+
+def test_unlocked_session_lasts_its_ttl_until_locked(store):
+    store.set_unlocked(SERIAL, "Alice", now=1000.0)
+    assert store.unlocked_person(SERIAL, 600, now=1599.0) == "Alice"
+    assert not store.is_unlocked(SERIAL, 600, now=1600.0)
+    assert store.end_unlocked(SERIAL, now=1100.0) is True
+    assert not store.is_unlocked(SERIAL, 600, now=1200.0)
+    assert store.end_unlocked(SERIAL) is False
+
+
+def test_state_survives_reopening(store, path, key):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    store.set_unlocked(SERIAL, "Alice", now=1000.0)
+    store.close()
+    reopened = Store.open(path, key)
+    try:
+        assert reopened.references_for(SERIAL) == [("Alice", photo(1))]
+        assert reopened.is_unlocked(SERIAL, 600, now=1001.0)
+        reopened.check()
+    finally:
+        reopened.close()
+
+
+def test_a_closed_store_answers_store_unavailable(store):
+    store.close()
+    for call in (store.check, lambda: store.references_for(SERIAL)):
+        with pytest.raises(FaceIdError) as caught:
+            call()
+        assert caught.value.code == "store_unavailable"
