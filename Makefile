@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# checkov pins its own dependencies: the infrastructure linters live in a venv of their own.
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
 
 .PHONY: test demo demo-up demo-down lint typecheck pytest macro-test bench clean
 
@@ -15,7 +18,14 @@ $(STAMP): requirements.txt function/requirements.txt connector/requirements.txt 
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-test: $(STAMP) lint typecheck macro-test pytest
+$(INFRA_STAMP): requirements-infra.txt
+	@echo "Setting up $(INFRA_VENV) for the infrastructure checks ..."
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INFRA_VENV)/bin/python -m pip install --quiet -r requirements-infra.txt
+	@touch $(INFRA_STAMP)
+
+test: $(STAMP) $(INFRA_STAMP) lint typecheck macro-test pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -27,8 +37,8 @@ typecheck: $(STAMP)
 macro-test:
 	cd macro && node --test
 
-pytest: $(STAMP)
-	$(VENV)/bin/pytest
+pytest: $(STAMP) $(INFRA_STAMP)
+	INFRA_BIN=$(CURDIR)/$(INFRA_VENV)/bin $(VENV)/bin/pytest
 
 demo: $(STAMP)
 	$(PY) -m demo
@@ -40,4 +50,4 @@ demo-down: $(STAMP)
 	$(PY) -m demo down
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

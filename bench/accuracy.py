@@ -12,7 +12,7 @@ face); the pairs are then cheap. Two modes:
 A photo where no usable face is found counts honestly: as a probe it is a failure to acquire,
 as a reference a failure to enrol; every genuine attempt that needed it counts as rejected.
 
-    .venv/bin/python bench/accuracy.py --dataset /work/shared/faces \
+    .venv/bin/python bench/accuracy.py --dataset ../shared/faces \
         --out bench/results/accuracy.json --plot docs/accuracy.png
 """
 
@@ -33,8 +33,11 @@ from faceverify.engines.local import LocalEngine, similarity
 from faceverify.errors import FaceIdError
 from faceverify.images import parse_image
 
+SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"  # beside the repository
 THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0001, 0.01)]
-TABLE_STEP = 5  # print every 5th threshold (0.05 apart), plus the default
+TABLE_STEP = 5  # the table shows every 0.05, and every 0.01 near the default
+NEAR_DEFAULT = 0.05
+FRR_TARGET = 0.05
 
 
 @dataclass
@@ -56,6 +59,19 @@ class Mode:
         rejected = sum(1 for s in self.genuine if s is None or s < threshold)
         accepted = sum(1 for s in self.impostor if s is not None and s >= threshold)
         return rejected / max(1, len(self.genuine)), accepted / max(1, len(self.impostor))
+
+    def window(self) -> dict:
+        """Where FAR is 0 (above the highest impostor) and where FRR meets its target."""
+        impostor = [s for s in self.impostor if s is not None]
+        genuine = sorted((s for s in self.genuine if s is not None), reverse=True)
+        allowed = int(FRR_TARGET * len(self.genuine)) - (len(self.genuine) - len(genuine))
+        return {
+            "far_0_above": round(max(impostor), 4) if impostor else None,
+            "frr_target": FRR_TARGET,
+            "frr_target_up_to": round(genuine[-1 - allowed], 4)
+            if 0 <= allowed < len(genuine)
+            else None,
+        }
 
     def summary(self, threshold: float) -> dict:
         frr, far = self.rates(threshold)
@@ -82,13 +98,16 @@ def describe(engine: LocalEngine, path: Path, person: str) -> Photo:
     probe = reference = None
     failure = None
     try:
-        probe = engine.probe_descriptors(image, path.name)[0]
+        probe, faces = engine.probe_descriptors(image, path.name)
     except FaceIdError as exc:
-        failure = f"probe: {exc.code}"
-    try:
-        reference = engine.reference_descriptor(image, path.name)
-    except FaceIdError as exc:
-        failure = (failure + ", " if failure else "") + f"reference: {exc.code}"
+        failure, faces = f"probe: {exc.code}", 0
+    if faces == 1 and probe is not None:
+        reference = probe[0]  # one face: the reference path would cut the very same chip
+    else:
+        try:
+            reference = engine.reference_descriptor(image, path.name)
+        except FaceIdError as exc:
+            failure = (failure + ", " if failure else "") + f"reference: {exc.code}"
     return Photo(person, path.name, probe, reference, failure)
 
 
@@ -134,7 +153,7 @@ def multi_mode(photos: list[Photo]) -> Mode:
 def table(modes: dict[str, Mode], default: float) -> list[dict]:
     rows = []
     for i, t in enumerate(THRESHOLDS):
-        if i % TABLE_STEP == 0 or abs(t - default) < 1e-9:
+        if i % TABLE_STEP == 0 or abs(t - default) <= NEAR_DEFAULT + 1e-9:
             row: dict = {"threshold": t}
             for name, mode in modes.items():
                 frr, far = mode.rates(t)
@@ -144,64 +163,72 @@ def table(modes: dict[str, Mode], default: float) -> list[dict]:
 
 
 def plot(modes: dict[str, Mode], default: float, path: Path) -> None:
+    """DET curve, error rates against the threshold, and the score distributions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (det, dist) = plt.subplots(1, 2, figsize=(12, 5))
-    for name, mode in modes.items():
+    fig, (det, errors, dist) = plt.subplots(1, 3, figsize=(16, 5))
+    notes = []
+    for (name, mode), color in zip(modes.items(), ("tab:blue", "tab:orange"), strict=True):
         rates = [mode.rates(t) for t in THRESHOLDS]
-        det.plot([far for _, far in rates], [frr for frr, _ in rates], marker=".", label=name)
+        frrs, fars = [r[0] for r in rates], [r[1] for r in rates]
+        det.plot(fars, frrs, marker=".", color=color, label=name)
         frr, far = mode.rates(default)
-        det.plot([far], [frr], "o", markersize=10, markerfacecolor="none", color="black")
-        det.annotate(
-            f"{name} @ {default:g}: FAR {far:.1%}, FRR {frr:.1%}",
-            (far, frr),
-            textcoords="offset points",
-            xytext=(12, 8 if name == "single" else -14),
-        )
-    det.set_xscale("symlog", linthresh=1e-3)
+        det.plot([far], [frr], "o", markersize=11, markerfacecolor="none", color="black")
+        errors.plot(THRESHOLDS, frrs, color=color, label=f"{name} FRR")
+        errors.plot(THRESHOLDS, fars, color=color, linestyle=":", label=f"{name} FAR")
+        notes.append(f"{name}: FAR {far:.2%}, FRR {frr:.2%}")
+    det.set_xscale("symlog", linthresh=1e-4)
+    det.set_yscale("symlog", linthresh=1e-2)
     det.set_xlim(0, 1)
     det.set_ylim(0, 1)
-    det.set_xlabel("FAR (false accept rate, symlog)")
-    det.set_ylabel("FRR (false reject rate)")
-    det.set_title("DET: one threshold per point (0.00-1.00)")
+    det.set_xlabel("FAR, false accept rate (symlog)")
+    det.set_ylabel("FRR, false reject rate (symlog)")
+    det.set_title("DET curve (circles: default threshold)")
     det.grid(True, alpha=0.3)
     det.legend(loc="upper right")
+    det.text(
+        0.03,
+        0.03,
+        f"at {default:g}\n" + "\n".join(notes),
+        transform=det.transAxes,
+        bbox={"facecolor": "white", "alpha": 0.8},
+    )
+
+    errors.axvline(default, color="black", linestyle="--", label=f"default {default:g}")
+    errors.set_xlim(0.3, 0.75)
+    errors.set_xlabel("threshold (score)")
+    errors.set_ylabel("rate")
+    errors.set_title("Error rates against the threshold")
+    errors.grid(True, alpha=0.3)
+    errors.legend(loc="center right", fontsize="small")
 
     single = modes["single"]
     bins = np.linspace(0, 1, 51)
-    dist.hist(
-        [s for s in single.impostor if s is not None],
-        bins=bins,
-        alpha=0.6,
-        label="impostor pairs",
-        density=True,
-        color="tab:red",
-    )
-    dist.hist(
-        [s for s in single.genuine if s is not None],
-        bins=bins,
-        alpha=0.6,
-        label="genuine pairs",
-        density=True,
-        color="tab:green",
-    )
+    for scores, label, color in (
+        (single.impostor, "impostor pairs", "tab:red"),
+        (single.genuine, "genuine pairs", "tab:green"),
+    ):
+        dist.hist(
+            [x for x in scores if x is not None], bins=bins, alpha=0.6, label=label, color=color
+        )
     dist.axvline(default, color="black", linestyle="--", label=f"default threshold {default:g}")
+    dist.set_yscale("log")
     dist.set_xlabel("score (1 - descriptor distance)")
-    dist.set_ylabel("density")
+    dist.set_ylabel("pairs (log)")
     dist.set_title("Scores, one reference per person")
-    dist.legend(loc="upper left")
+    dist.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=Path("/work/shared/faces"))
+    parser.add_argument("--dataset", type=Path, default=SHARED_FACES)
     parser.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/accuracy.png"))
     parser.add_argument("--threshold", type=float, help="default: LOCAL_MATCH_THRESHOLD")
@@ -224,9 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dataset {args.dataset}: {len(people)} people, {len(photos)} photos")
     for f in failures:
         print(f"  no usable face: {f['photo']} ({f['failure']})")
-    print(
-        f"{'threshold':>9} | {'single FRR':>10} {'single FAR':>10} | {'multi FRR':>9} {'multi FAR':>9}"
-    )
+    header = ("threshold", "single FRR", "single FAR", "multi FRR", "multi FAR")
+    print("{:>9} | {:>10} {:>10} | {:>9} {:>9}".format(*header))
     for row in rows:
         mark = "  <- default" if abs(row["threshold"] - default) < 1e-9 else ""
         print(
@@ -234,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['multi_frr']:>9.2%} {row['multi_far']:>9.2%}{mark}"
         )
     summaries = {name: mode.summary(default) for name, mode in modes.items()}
+    windows = {name: mode.window() for name, mode in modes.items()}
     for name, s in summaries.items():
+        w = windows[name]
         print(
-            f"{name} @ {default:g}: FRR {s['frr']:.2%} ({s['false_rejects']}/{s['genuine_attempts']}),"
-            f" FAR {s['far']:.2%} ({s['false_accepts']}/{s['impostor_attempts']}),"
-            f" lowest genuine {s['lowest_genuine_score']}, highest impostor"
-            f" {s['highest_impostor_score']}, margin {s['margin_to_nearest_impostor']}"
+            f"{name} @ {default:g}: FRR {s['frr']:.2%} ({s['false_rejects']}/"
+            f"{s['genuine_attempts']}), FAR {s['far']:.2%} ({s['false_accepts']}/"
+            f"{s['impostor_attempts']}); lowest genuine {s['lowest_genuine_score']}, highest"
+            f" impostor {s['highest_impostor_score']} (margin {s['margin_to_nearest_impostor']});"
+            f" FAR 0 needs > {w['far_0_above']}, FRR <= {FRR_TARGET:.0%} needs <="
+            f" {w['frr_target_up_to']}"
         )
     result = {
         "dataset": str(args.dataset),
@@ -248,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failures,
         "default_threshold": default,
         "at_default": summaries,
+        "windows": windows,
         "table": rows,
         "scores": {n: {"genuine": m.genuine, "impostor": m.impostor} for n, m in modes.items()},
         "seconds": round(time.perf_counter() - started, 1),

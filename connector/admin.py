@@ -78,7 +78,12 @@ def run(args: argparse.Namespace, config_path: str) -> int:
         print("Restart the connector to load the new device.", file=sys.stderr)
         return 0
 
-    rt = build_runtime(load_config(config_path))
+    config = load_config(config_path)
+    if command in ("enroll", "test-device") and config.device(args.serial) is None:
+        print(f"No device {args.serial} in the configuration.", file=sys.stderr)
+        return 1
+    # Only test-device talks to a device: the others need no device password at all.
+    rt = build_runtime(config, [args.serial] if command == "test-device" else [])
     try:
         serial = validation.serial(args.serial) if getattr(args, "serial", None) else None
         if command == "remove-device":
@@ -88,12 +93,17 @@ def run(args: argparse.Namespace, config_path: str) -> int:
             print(f"Device {serial} removed with everyone enrolled on it.")
         elif command == "enroll":
             assert serial is not None
-            with open(args.image, "rb") as f:
-                data = f.read()
+            try:
+                with open(args.image, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                print(f"Cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+                return 1
             person = validation.person(args.person)
-            outcome = enroll_image(rt, serial, person, data, uuid.uuid4().hex, only_if_empty=False)
+            request_id = uuid.uuid4().hex
+            outcome = enroll_image(rt, serial, person, data, request_id, only_if_empty=False)
             rt.audit(
-                uuid.uuid4().hex,
+                request_id,
                 serial,
                 "enroll",
                 outcome=outcome.result,
@@ -121,9 +131,6 @@ def run(args: argparse.Namespace, config_path: str) -> int:
                     print("\t".join(f"{k}={v}" for k, v in record.items() if v is not None))
         elif command == "test-device":
             assert serial is not None
-            if serial not in rt.devices:
-                print(f"No device {serial} in the configuration.", file=sys.stderr)
-                return 1
             _print_json(rt.device_client.probe(rt.devices[serial].access))
         return 0
     finally:

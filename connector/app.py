@@ -12,12 +12,15 @@ from flask import Flask, Response, g, request
 
 from . import validation
 from .auth import authenticate, bearer_token
-from .enrollment import enroll
+from .enrollment import enroll, enroll_event
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .runtime import Device, Runtime
 from .signing import signature
-from .verification import audit_fields, verify
+from .verification import audit_fields, verify, verify_event
 
 ANSWER_TTL_S = 30
+#: app.extensions key of what the server calls when the worker exits (drains the Webex queue).
+SHUTDOWN = "faceid.shutdown"
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -35,7 +38,9 @@ def _error(exc: FaceIdError) -> Response:
 
 def create_app(rt: Runtime) -> Flask:
     app = Flask("faceid-connector")
-    app.config["MAX_CONTENT_LENGTH"] = rt.config.server.max_body_bytes
+    # One byte over: a chunked body (no Content-Length) is cut at this cap, and json_body must
+    # still see that it went past the limit.
+    app.config["MAX_CONTENT_LENGTH"] = rt.config.server.max_body_bytes + 1
 
     def source() -> str:
         return request.remote_addr or "unknown"
@@ -83,8 +88,11 @@ def create_app(rt: Runtime) -> Flask:
         return _error(FaceIdError(404, "not_found", "Unknown path"))
 
     @app.errorhandler(405)
-    def on_bad_method(_: Exception) -> Response:
-        return _error(FaceIdError(405, "method_not_allowed", "Method not allowed on this path"))
+    def on_bad_method(exc: Exception) -> Response:
+        response = _error(FaceIdError(405, "method_not_allowed", "Method not allowed on this path"))
+        # RFC 9110: a 405 lists the methods the path accepts.
+        response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
+        return response
 
     @app.errorhandler(413)
     def on_too_large(_: Exception) -> Response:
@@ -116,6 +124,11 @@ def create_app(rt: Runtime) -> Flask:
             ),
         }
         rt.audit(g.request_id, device.serial, "verify", **audit_fields(outcome))
+        started_lockout = outcome.lockout_started
+        rt.metrics.verification(
+            outcome.verdict, outcome.code, outcome.stages_ms, lockout_started=started_lockout
+        )
+        rt.notify(verify_event(device, outcome, g.request_id))
         return _json(answer)
 
     @app.post("/v1/enroll")
@@ -132,6 +145,8 @@ def create_app(rt: Runtime) -> Flask:
             code=outcome.code,
             person=person,
         )
+        rt.metrics.enrollment(outcome.result, outcome.code)
+        rt.notify(enroll_event(device, outcome, g.request_id))
         return _json(
             {
                 "result": outcome.result,
@@ -161,7 +176,19 @@ def create_app(rt: Runtime) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
+        # Only a failing store takes the connector out of a load balancer: with the function
+        # down it still gives every device a clear engine_unavailable answer.
         report = rt.health()
-        return _json(report, 200 if report["status"] == "ok" else 503)
+        return _json(report, 503 if report["status"] == "failing" else 200)
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        # No authentication, like /healthz: counts and latencies by outcome only (no serial, no
+        # person, no secret); block the path at the network edge if even that must stay inside.
+        response = Response(rt.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    app.extensions[SHUTDOWN] = rt.close
     return app

@@ -26,6 +26,8 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `policy.max_references_per_person` | `5` | photos kept per person (the oldest is dropped) |
 | `policy.max_people_per_device` | `10` | people per device (at most 10: one photo each per call) |
 | `policy.min_face_px` | `80` | smallest face (pixels, in the 1024 px probe) enrollment accepts |
+| `policy.failed_auth_limit` | `10` | failed authentications (401) from one address before 429 |
+| `policy.failed_auth_window_s` | `60` | window counting them; the refusal lasts as long |
 | `device_defaults.connect_timeout_s` | `3` | connecting to a device |
 | `device_defaults.read_timeout_s` | `6` | waiting for a device's answer |
 | `device_defaults.username` | none | account used on devices that set none |
@@ -37,10 +39,13 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `devices[].tls` | required | one of `ca_bundle`, `fingerprint_sha256`, `insecure = true` |
 | `devices[].token_sha256` | required | SHA-256 (hex) of the device's macro token |
 | `devices[].name` | none | display name |
+| `devices[].webex_room_id` | `webex.room_id` | this device's Webex room (needs `[webex]`) |
 | `webex.bot_token` | required if `[webex]` | secret reference to the bot's token |
-| `webex.room_id` | required if `[webex]` | the room to post to |
-| `webex.events` | `"failures"` | `"failures"` or `"all"` |
-| `webex.attach_snapshots` | `false` | attach the snapshot to the message |
+| `webex.room_id` | required if `[webex]` | the room to post to (devices may set their own) |
+| `webex.events` | `"failures"` | `"failures"` (no match, errors, refusals) or `"all"` |
+| `webex.attach_snapshots` | `false` | attach the picture of a failed verify (memory only) |
+| `webex.api_url` | `"https://webexapis.com/v1"` | Webex API base (https; http only on loopback) |
+| `webex.queue_size` | `100` | messages waiting to be sent; more are dropped (and counted) |
 | `log.level` | `"INFO"` | `DEBUG`, `INFO`, `WARNING` or `ERROR` |
 """
 
@@ -119,6 +124,8 @@ class PolicyConfig:
     max_references_per_person: int = 5
     max_people_per_device: int = 10
     min_face_px: int = 80
+    failed_auth_limit: int = 10
+    failed_auth_window_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class DeviceConfig:
     tls: TlsPolicy
     token_sha256: str
     name: str | None = None
+    webex_room_id: str | None = None
 
     def resolve_password(self) -> str:
         return resolve_secret(self.password, f"devices[{self.serial}].password")
@@ -149,6 +157,8 @@ class WebexConfig:
     room_id: str
     events: str = "failures"
     attach_snapshots: bool = False
+    api_url: str = "https://webexapis.com/v1"
+    queue_size: int = 100
 
     def resolve_bot_token(self) -> str:
         return resolve_secret(self.bot_token, "webex.bot_token")
@@ -322,12 +332,17 @@ def _server(t: _Table) -> ServerConfig:
     return config
 
 
-def _function(t: _Table) -> FunctionConfig:
-    url = t.string("url")
+def _https_url(t: _Table, key: str, default: Any = _REQUIRED) -> str:
+    url = t.string(key, default)
     parts = urlsplit(url)
     loopback = parts.hostname in LOOPBACK_HOSTS
     if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-        raise _Bad("function.url must be an https:// URL (http:// only for 127.0.0.1/localhost)")
+        raise _Bad(f"{t.field(key)} must be an https:// URL (http:// only for 127.0.0.1/localhost)")
+    return str(url)
+
+
+def _function(t: _Table) -> FunctionConfig:
+    url = _https_url(t, "url")
     auth = t.choice("auth", "google-id-token", AUTH_MODES)
     credentials = t.path("credentials_file", None)
     if auth == "none" and credentials is not None:
@@ -359,6 +374,8 @@ def _policy(t: _Table) -> PolicyConfig:
         max_references_per_person=t.integer("max_references_per_person", 5, 1, MAX_REFERENCES),
         max_people_per_device=t.integer("max_people_per_device", 10, 1, MAX_REFERENCES),
         min_face_px=t.integer("min_face_px", 80, 1, 1024),
+        failed_auth_limit=t.integer("failed_auth_limit", 10, 1, 1_000_000),
+        failed_auth_window_s=t.integer("failed_auth_window_s", 60, 1, 86400),
     )
     if config.lockout_max_s < config.lockout_base_s:
         raise _Bad("policy.lockout_max_s must not be less than policy.lockout_base_s")
@@ -367,6 +384,7 @@ def _policy(t: _Table) -> PolicyConfig:
 
 
 USERNAME_RE = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}$")
+ROOM_ID_RE = re.compile(r"^\S{1,512}$")
 NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 
 
@@ -423,6 +441,7 @@ def _device(t: _Table, defaults: DeviceDefaults) -> DeviceConfig:
         tls=_tls(t.table("tls"), t.field("tls")),
         token_sha256=token,
         name=t.string("name", None, NAME_RE),
+        webex_room_id=t.string("webex_room_id", None, ROOM_ID_RE),
     )
     t.done()
     return config
@@ -449,9 +468,11 @@ def _devices(value: object, defaults: DeviceDefaults, base_dir: Path) -> tuple[D
 def _webex(t: _Table) -> WebexConfig:
     config = WebexConfig(
         bot_token=t.ref("bot_token"),
-        room_id=t.string("room_id", pattern=re.compile(r"^\S{1,512}$")),
+        room_id=t.string("room_id", pattern=ROOM_ID_RE),
         events=t.choice("events", "failures", WEBEX_EVENTS),
         attach_snapshots=t.boolean("attach_snapshots", False),
+        api_url=_https_url(t, "api_url", WebexConfig.api_url).rstrip("/"),
+        queue_size=t.integer("queue_size", 100, 1, 10000),
     )
     t.done()
     return config
@@ -491,6 +512,10 @@ def _parse(text: str, path: str) -> ConnectorConfig:
     unknown = sorted(set(data) - root.seen)
     if unknown:
         raise _Bad(f"unknown section [{unknown[0]}]")
+    if webex is None:
+        for i, device in enumerate(config.devices):
+            if device.webex_room_id is not None:
+                raise _Bad(f"devices[{i}].webex_room_id is set but there is no [webex] section")
     return config
 
 

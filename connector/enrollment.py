@@ -10,7 +10,8 @@ from faceverify.errors import FaceIdError
 from .faces import crop_face, downscale_jpeg
 from .messages import screen_message
 from .runtime import Device, Runtime
-from .verification import PROBE_MAX_SIDE
+from .verification import log_failure
+from .webex import Event
 
 REFUSALS = frozenset(
     {"locked", "no_face", "several_faces", "face_too_small", "too_dark", "too_many_references"}
@@ -35,7 +36,7 @@ def enroll_image(
 ) -> EnrollOutcome:
     """Store a crop of the one usable face in `jpeg` (a snapshot or an administrator's file).
     `only_if_empty` re-checks "nobody enrolled yet" inside the store's write transaction."""
-    image = downscale_jpeg(jpeg, PROBE_MAX_SIDE)
+    image = downscale_jpeg(jpeg)
     faces = rt.function.inspect(image, trace=request_id)
     if not faces:
         return EnrollOutcome("refused", "no_face", person)
@@ -69,8 +70,22 @@ def enroll(rt: Runtime, device: Device, person: str, request_id: str) -> EnrollO
     try:
         return _enroll(rt, device, person, request_id)
     except FaceIdError as exc:
+        log_failure(rt, exc, request_id, device.serial)
         result = "refused" if exc.code in REFUSALS else "error"
         return EnrollOutcome(result, exc.code, person)
     except Exception as exc:
         rt.log("ERROR", "enroll failed unexpectedly", error_type=type(exc).__name__)
         return EnrollOutcome("error", "internal_error", person)
+
+
+def enroll_event(device: Device, outcome: EnrollOutcome, request_id: str) -> Event:
+    return Event(
+        kind="enroll",
+        serial=device.serial,
+        device_name=device.name,
+        outcome=outcome.result,
+        code=outcome.code,
+        person=outcome.person,
+        message=outcome.message,
+        trace=request_id,
+    )

@@ -1,6 +1,10 @@
 """Image preparation in memory: a small probe for the comparison function, and a face crop to keep
 as a reference. Decoding goes through faceverify's checked reader (bounded pixels); a snapshot that
-cannot be read is `snapshot_unavailable`."""
+cannot be read is `snapshot_unavailable`.
+
+The probe's long side is 960 px: half of a full-HD camera frame, which libjpeg decodes straight at
+that size (DCT scaling) with no resampling. That takes about a third of the time of a resize to
+1024 px, the largest part of the connector's own share of a login."""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from collections.abc import Sequence
 
 from faceverify.config import Settings
 from faceverify.errors import FaceIdError
-from faceverify.images import to_rgb
+from faceverify.images import open_checked, to_rgb
 from PIL import Image
 
 MAX_PIXELS = Settings.max_image_pixels
+PROBE_MAX_SIDE = 960
 
 
 def _decode(jpeg: bytes, max_side: int) -> Image.Image:
@@ -28,9 +33,24 @@ def _encode(image: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def downscale_jpeg(jpeg: bytes, max_side: int = 1024, quality: int = 85) -> bytes:
-    """The probe: long side at most max_side (JPEG draft mode skips most of the decode work)."""
-    return _encode(_decode(jpeg, max_side), quality)
+def downscale_jpeg(jpeg: bytes, max_side: int = PROBE_MAX_SIDE, quality: int = 85) -> bytes:
+    """The probe: long side at most max_side. The draft asks for the exact target size, so a
+    picture 2, 4 or 8 times larger decodes straight to it (to_rgb asks one pixel more, which
+    rules that out)."""
+    try:
+        image = open_checked(jpeg, "snapshot", MAX_PIXELS)
+        if max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image.draft("RGB", (round(image.width * scale), round(image.height * scale)))
+        image = image.convert("RGB")
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    except FaceIdError as exc:
+        raise FaceIdError(502, "snapshot_unavailable", exc.message) from None
+    except Exception:
+        raise FaceIdError(
+            502, "snapshot_unavailable", "The snapshot is damaged or truncated"
+        ) from None
+    return _encode(image, quality)
 
 
 def crop_face(jpeg: bytes, box: Sequence[float], margin: float = 0.4, max_side: int = 512) -> bytes:

@@ -38,6 +38,7 @@ TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 CODE_RE = re.compile(r"^[a-z_]{1,40}$")
 MAX_ANSWER_BYTES = 1024 * 1024
 CONNECT_TIMEOUT_S = 3.0
+PING_TIMEOUT_S = (2.0, 3.0)  # /healthz must answer quickly even when the function does not
 DEFAULT_RETRY_AFTER_S = 10
 
 
@@ -162,6 +163,34 @@ class FunctionClient:
                 raise _unreadable()
             boxes.append((x, y, w, h))
         return boxes
+
+    def reachable(self) -> str | None:
+        """None when the function answers a GET with its own 405 JSON: it is up and accepts our
+        credentials, and no image is sent nor engine run. Otherwise a short reason."""
+        headers = {}
+        try:
+            if self._tokens is not None:
+                headers["Authorization"] = f"Bearer {self._tokens.token()}"
+            with self._session.get(
+                self._verify_url, headers=headers, timeout=PING_TIMEOUT_S, stream=True
+            ) as response:
+                raw = _read_limited(response)
+        except FaceIdError as exc:
+            return exc.message
+        except requests.Timeout:
+            return "the comparison service did not answer in time"
+        except requests.RequestException as exc:
+            return f"the comparison service is unreachable ({type(exc).__name__})"
+        status = response.status_code
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            answer = None
+        if status == 405 and _error_code(answer) == "method_not_allowed":
+            return None
+        if status in (401, 403):
+            return f"the comparison service refused the connector's credentials (HTTP {status})"
+        return f"the comparison service answered an unexpected HTTP {status}"
 
     def _post(
         self, url: str, body: dict[str, Any], trace: str | None

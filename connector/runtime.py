@@ -4,23 +4,29 @@ clients pooled. A missing or wrong secret stops start-up with a clear message.""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from faceverify.logs import log
+from faceverify.logs import log, set_level
 
 from .auth import FailedAuthLimiter
 from .config import ConnectorConfig
 from .device import DeviceAccess, DeviceClient
+from .health import CachedCheck
 from .lockout import Lockout
+from .metrics import Metrics
 from .relay import FunctionClient
 from .store import Store
+from .webex import Event, WebexNotices, webex_notices
 
 #: Device sign-in + snapshot, then sign-out, then the function's own timeout (function.timeout_s,
 #: at most 10 s by default) keep one verify well under the macro's 20 s budget.
 DEVICE_BUDGET_S = 6.0
 SIGNOUT_BUDGET_S = 2.0
+#: Time given at shutdown to send the queued Webex messages (inside gunicorn's graceful timeout
+#: and a container runtime's usual 10 s stop grace).
+NOTIFY_DRAIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,14 @@ class Runtime:
     function: FunctionClient
     lockout: Lockout
     auth_limiter: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
-    last_match: dict[str, float] = field(default_factory=dict)
+    last_match: dict[str, float] = field(default_factory=dict)  # serial -> clock() of a match
     clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
+    webex: WebexNotices | None = None
+    function_check: CachedCheck = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.function_check = CachedCheck(self.function.reachable)
 
     def log(self, severity: str, message: str, **fields: Any) -> None:
         log(severity, message, component="connector", **fields)
@@ -60,39 +72,82 @@ class Runtime:
             **{k: v for k, v in fields.items() if k in ("outcome", "code", "score", "stages_ms")},
         )
 
+    def notify(self, event: Event) -> None:
+        """Queue a message for the administrators; never blocks and never fails a request."""
+        if self.webex is None:
+            return
+        try:
+            self.webex.notify(event)
+        except Exception as exc:
+            self.log("ERROR", "notification failed", error_type=type(exc).__name__)
+
     def health(self) -> dict[str, Any]:
+        """Status "ok"; "degraded" when only the function is unreachable (the connector still
+        answers every device, with engine_unavailable); "failing" when the store is."""
         checks: dict[str, Any] = {}
         try:
             self.store.check()
             checks["store"] = "ok"
         except Exception as exc:
-            checks["store"] = f"failed: {type(exc).__name__}"
-        status = "ok" if checks["store"] == "ok" else "degraded"
-        return {"status": status, "checks": checks}
+            checks["store"] = f"failed: {getattr(exc, 'message', type(exc).__name__)}"
+        reason, age = self.function_check.result()
+        checks["function"] = reason or "ok"
+        checks["function_checked_s_ago"] = round(age, 1)
+        now = self.clock()
+        devices = {
+            serial: {
+                "last_match_s_ago": (
+                    round(now - self.last_match[serial], 1) if serial in self.last_match else None
+                )
+            }
+            for serial in self.devices
+        }
+        status = "ok" if reason is None else "degraded"
+        if checks["store"] != "ok":
+            status = "failing"
+        return {"status": status, "checks": checks, "devices": devices}
 
     def close(self) -> None:
+        """At worker exit: drain the Webex queue (bounded), then let go of clients and store."""
+        if self.webex is not None:
+            self.webex.close(NOTIFY_DRAIN_S)
+        self.function.close()
         self.store.close()
 
 
-def build_runtime(config: ConnectorConfig) -> Runtime:
+def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = None) -> Runtime:
+    """`serials`: the devices to make reachable (None: all). Only their passwords are resolved, so
+    an administrator's command works without every device's secret."""
+    set_level(config.log.level)
     devices: dict[str, Device] = {}
     for dev in config.devices:
+        if serials is not None and dev.serial not in serials:
+            continue
         access = DeviceAccess(
             host=dev.host, username=dev.username, password=dev.resolve_password(), tls=dev.tls
         )
         devices[dev.serial] = Device(dev.serial, dev.name or dev.serial, access)
+    device_client = DeviceClient(
+        connect_timeout_s=config.device_defaults.connect_timeout_s,
+        read_timeout_s=config.device_defaults.read_timeout_s,
+        budget_s=DEVICE_BUDGET_S,
+        signout_budget_s=SIGNOUT_BUDGET_S,
+    )
+    metrics = Metrics(lambda: device_client.open_sessions)
+    # Administrators' commands (serials given) tell nobody and need no bot token.
+    webex = webex_notices(config, metrics) if serials is None else None
     store = Store.open(config.store.path, config.store.resolve_key())
     return Runtime(
         config=config,
         store=store,
         devices=devices,
         token_hashes=config.token_hashes(),
-        device_client=DeviceClient(
-            connect_timeout_s=config.device_defaults.connect_timeout_s,
-            read_timeout_s=config.device_defaults.read_timeout_s,
-            budget_s=DEVICE_BUDGET_S,
-            signout_budget_s=SIGNOUT_BUDGET_S,
-        ),
+        device_client=device_client,
         function=FunctionClient(config.function, pool_size=config.server.threads),
         lockout=Lockout(store, config.policy),
+        auth_limiter=FailedAuthLimiter(
+            config.policy.failed_auth_limit, config.policy.failed_auth_window_s
+        ),
+        metrics=metrics,
+        webex=webex,
     )

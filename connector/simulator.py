@@ -18,8 +18,9 @@ not_jpeg), images (a file or folder, cycled per snapshot), reset_stats. `GET /_s
 (same header) reports the counters.
 
 Run: `python -m connector.simulator --account-env SIM_ACCOUNT --images photo.jpg`; the first
-stdout line is the URL, then `fingerprint <SHA-256>`, `control-token <token>`. All instances in
-one process share one generated key and certificate, so fifty devices cost fifty sockets.
+stdout line is the URL, then `fingerprint <SHA-256>`, `control-token <token>` (with `--devices N`,
+these three lines once per device, all with the same control token). All instances in one process
+share one generated key and certificate, so fifty devices cost fifty sockets.
 """
 
 from __future__ import annotations
@@ -603,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Simulated RoomOS device web API (HTTPS on 127.0.0.1).",
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="devices served by this process (ports: --port + i)"
+    )
     parser.add_argument("--images", help="JPEG/PNG file or folder (cycled per snapshot)")
     parser.add_argument("--size", type=parse_size, help="rescale frames, e.g. 1920x1080")
     parser.add_argument("--account", action="append", default=[], help="user:password")
@@ -629,30 +633,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         slow_on=frozenset(args.slow_on or ENDPOINTS),
         down=args.down,
     )
-    sim = DeviceSimulator(
-        _accounts(args.account, args.account_env),
-        args.images,
-        port=args.port,
-        size=args.size,
-        control_token=args.control_token,
-        cookie_name=args.cookie_name,
-        lockout_s=args.lockout_s,
-        mode=mode,
-    )
+    if args.devices < 1:
+        raise SystemExit("--devices is at least 1")
+    accounts = _accounts(args.account, args.account_env)
+    control_token = args.control_token or secrets.token_urlsafe(18)
+    sims = [
+        DeviceSimulator(
+            accounts,
+            args.images,
+            port=args.port + i if args.port else 0,
+            size=args.size,
+            control_token=control_token,
+            cookie_name=args.cookie_name,
+            lockout_s=args.lockout_s,
+            mode=mode,
+        )
+        for i in range(args.devices)
+    ]
     if args.cert_out:
-        Path(args.cert_out).write_bytes(sim.cert_pem)
+        Path(args.cert_out).write_bytes(sims[0].cert_pem)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(sim.url)
-    print(f"fingerprint {sim.fingerprint}")
-    print(f"control-token {sim.control_token}", flush=True)
-    sim.start()
+    for sim in sims:
+        sim.start()
+        print(sim.url)
+        print(f"fingerprint {sim.fingerprint}")
+        print(f"control-token {sim.control_token}", flush=True)
     try:
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        sim.close()
+        for sim in sims:
+            sim.close()
 
 
 if __name__ == "__main__":

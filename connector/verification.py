@@ -12,8 +12,8 @@ from faceverify.errors import FaceIdError
 from .faces import downscale_jpeg
 from .messages import screen_message
 from .runtime import Device, Runtime
+from .webex import Event
 
-PROBE_MAX_SIDE = 1024
 #: Codes that mean "a face was compared and it was not you": these count towards the lockout.
 FAILED_ATTEMPT_CODES = frozenset({"not_recognized"})
 
@@ -26,6 +26,8 @@ class Outcome:
     retry_after_s: int | None = None
     score: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
+    lockout_started: bool = False
+    probe: bytes | None = field(default=None, repr=False)  # in memory only, for the admins' message
 
     @property
     def message(self) -> str:
@@ -38,7 +40,10 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 1)
 
 
-def _compare(rt: Runtime, device: Device, request_id: str, stages: dict[str, float]) -> Outcome:
+def _compare(
+    rt: Runtime, device: Device, request_id: str, stages: dict[str, float], probes: list[bytes]
+) -> Outcome:
+    """`probes` receives the picture compared, also when the comparison then fails."""
     references = rt.store.references_for(device.serial)
     if not references:
         return Outcome("error", "not_enrolled")
@@ -47,34 +52,46 @@ def _compare(rt: Runtime, device: Device, request_id: str, stages: dict[str, flo
         signin=snapshot.signin_ms, snapshot=snapshot.snapshot_ms, signout=snapshot.signout_ms
     )
     started = time.perf_counter()
-    probe = downscale_jpeg(snapshot.jpeg, PROBE_MAX_SIDE)
+    probe = downscale_jpeg(snapshot.jpeg)
+    probes.append(probe)
     stages["prepare"] = _ms(started)
     # Opaque ids: names of people never leave the premises.
     ids = {f"r{i}": person for i, (person, _) in enumerate(references)}
     started = time.perf_counter()
-    result = rt.function.verify(
-        probe,
-        [(ref_id, image) for ref_id, (_, image) in zip(ids, references, strict=True)],
-        trace=request_id,
-        threshold=rt.config.policy.threshold,
-    )
-    stages["function"] = _ms(started)
+    try:
+        result = rt.function.verify(
+            probe,
+            [(ref_id, image) for ref_id, (_, image) in zip(ids, references, strict=True)],
+            trace=request_id,
+            threshold=rt.config.policy.threshold,
+        )
+    finally:  # the time is spent whether the function answers a verdict or an error
+        stages["function"] = _ms(started)
     if result.verdict == "match" and result.matched_id in ids:
         return Outcome("match", None, ids[result.matched_id], score=result.score)
     return Outcome("no_match", "not_recognized", score=result.score)
+
+
+def log_failure(rt: Runtime, exc: FaceIdError, request_id: str, serial: str) -> None:
+    """Why a device or the comparison failed, for the operator: the answer carries only the code.
+    Problems with the face itself (4xx but 429) are the user's, and are not logged."""
+    if exc.status >= 500 or exc.status == 429:
+        rt.log("WARNING", exc.message, trace=request_id, serial=serial, code=exc.code)
 
 
 def verify(rt: Runtime, device: Device, request_id: str) -> Outcome:
     """Run one attempt and update lockout and unlock state; never raises."""
     started = time.perf_counter()
     stages: dict[str, float] = {}
+    probes: list[bytes] = []
     wait = rt.lockout.check(device.serial)
     if wait > 0:
         outcome = Outcome("error", "locked_out", retry_after_s=wait)
     else:
         try:
-            outcome = _compare(rt, device, request_id, stages)
+            outcome = _compare(rt, device, request_id, stages, probes)
         except FaceIdError as exc:
+            log_failure(rt, exc, request_id, device.serial)
             outcome = Outcome("error", exc.code, retry_after_s=exc.retry_after)
         except Exception as exc:  # fail closed on anything unforeseen
             rt.log("ERROR", "verify failed unexpectedly", error_type=type(exc).__name__)
@@ -82,13 +99,38 @@ def verify(rt: Runtime, device: Device, request_id: str) -> Outcome:
         if outcome.verdict == "match":
             rt.lockout.record_success(device.serial)
             rt.store.set_unlocked(device.serial, outcome.person or "")
+            rt.last_match[device.serial] = rt.clock()
         elif outcome.code in FAILED_ATTEMPT_CODES:
             wait = rt.lockout.record_failure(device.serial)
             if wait > 0:
                 outcome.retry_after_s = wait
+                outcome.lockout_started = True
+                rt.log(
+                    "WARNING",
+                    "device locked out",
+                    trace=request_id,
+                    serial=device.serial,
+                    lockout_s=wait,
+                )
     stages["total"] = _ms(started)
     outcome.stages_ms = stages
+    outcome.probe = probes[0] if probes else None
     return outcome
+
+
+def verify_event(device: Device, outcome: Outcome, request_id: str) -> Event:
+    return Event(
+        kind="verify",
+        serial=device.serial,
+        device_name=device.name,
+        outcome=outcome.verdict,
+        code=outcome.code,
+        person=outcome.person,
+        message=outcome.message,
+        trace=request_id,
+        lockout_s=outcome.retry_after_s if outcome.lockout_started else None,
+        snapshot=outcome.probe,
+    )
 
 
 def audit_fields(outcome: Outcome) -> dict[str, Any]:

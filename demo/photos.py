@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 FRAME = (1920, 1080)
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
 
 def _grace_hopper() -> Image.Image:
@@ -53,3 +56,44 @@ def write_frames(folder: Path) -> dict[str, Path]:
         path.write_bytes(jpeg_bytes(image))
         paths[name] = path
     return paths
+
+
+@dataclass(frozen=True)
+class DemoFrames:
+    """What the demo shows the camera: the person it enrolls, other people, and no face at all."""
+
+    person: str
+    enrolled: Path
+    others: list[Path]
+    no_face: Path
+
+
+def person_name(path: Path) -> str:
+    """A readable name from a file name: `1_grace_hopper.jpg` -> `Grace Hopper` (a leading number
+    only sets the order)."""
+    words = re.sub(r"^\d+(?=[ _-])", "", path.stem).replace("_", " ").replace("-", " ").split()
+    return " ".join(word.capitalize() for word in words)[:64] or "Person One"
+
+
+def demo_frames(folder: Path, photos: Path | None = None) -> DemoFrames:
+    """Frames from the packaged pictures, or from `photos` (a folder: its first image, by name, is
+    the person enrolled; the others are other people). The no-face frame is always the coffee."""
+    written = write_frames(folder)
+    if photos is None:
+        return DemoFrames(
+            "Grace Hopper", written["grace_hopper"], [written["astronaut"]], written["no_face"]
+        )
+    pictures = sorted(p for p in photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if len(pictures) < 2:
+        raise ValueError(
+            f"{photos} needs at least two photos (.jpg/.jpeg/.png): the person "
+            "to enroll first (by file name), then at least one other person"
+        )
+    frames = []
+    for i, picture in enumerate(pictures):
+        with Image.open(picture) as image:
+            path = folder / f"photo-{i}.jpg"
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+            path.write_bytes(jpeg_bytes(camera_frame(upright)))
+        frames.append(path)
+    return DemoFrames(person_name(pictures[0]), frames[0], frames[1:], written["no_face"])

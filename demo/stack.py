@@ -1,15 +1,21 @@
 """Start the local stack — the function (functions-framework), one device simulator per device and
 the connector (HTTPS, gunicorn) — with a generated TOML file and fresh keys on free 127.0.0.1
-ports. Used by `make demo`, the integration tests and the end-to-end benchmarks."""
+ports. Used by `make demo`, the integration tests and the end-to-end benchmarks.
+
+Simulators run one process per device, all devices in one process (shared_simulator=True), or
+as threads of the caller (in_process=True): fifty devices then cost fifty sockets instead of fifty
+interpreters. Each process writes its output to WORKDIR/NAME.stdout.log and .stderr.log."""
 
 from __future__ import annotations
 
 import base64
-import json
 import os
+import re
 import secrets
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import requests
 
 from connector.auth import token_hash
+from connector.simulator import DeviceSimulator
 from connector.tls import self_signed_identity
 from tests.procs import ServerProcess, free_port, start_function, start_module
 
@@ -27,11 +34,12 @@ SIM_ACCOUNT = "faceid-connector"
 class SimDevice:
     serial: str
     token: str
-    process: ServerProcess
+    process: ServerProcess | None  # None: in this process (`simulator`) or not ours to stop
     url: str
     fingerprint: str
     control_token: str
     ca_path: str
+    simulator: DeviceSimulator | None = None
 
     def control(self, **switches: Any) -> dict[str, Any]:
         """Flip simulator switches (images=PATH, black=True, no_option_key=True, slow_s=...)."""
@@ -105,41 +113,29 @@ class Stack:
         )
         return done.returncode, done.stdout + done.stderr
 
-    def describe(self) -> dict[str, Any]:
-        """What a script needs to drive the stack (written to .demo/stack.json by demo-up)."""
-        return {
-            "connector_url": self.connector_url,
-            "connector_ca": str(self.ca_path),
-            "function_url": self.function_url,
-            "config": str(self.config_path),
-            "devices": [
-                {
-                    "serial": d.serial,
-                    "token": d.token,
-                    "simulator_url": d.url,
-                    "simulator_control_token": d.control_token,
-                    "control": "POST {simulator_url}/_sim/control with header X-Sim-Control and "
-                    'JSON such as {"images": "/path/photo.jpg"}, {"black": true}, '
-                    '{"no_option_key": true}, {"slow_s": 3}, {"down": true}',
-                }
-                for d in self.devices
-            ],
-            "pids": {
-                "function": self.function.pid,
-                "connector": self.connector.pid,
-                "simulators": [d.process.pid for d in self.devices],
-                "other": [p.pid for p in self.extra],
-            },
-        }
+    def processes(self) -> dict[str, ServerProcess]:
+        """Every process this stack started, by name (a shared simulator process appears once)."""
+        named = {"function": self.function, "connector": self.connector}
+        named.update({f"extra-{i}": proc for i, proc in enumerate(self.extra)})
+        for device in self.devices:
+            if device.process is not None and device.process not in named.values():
+                named[f"simulator-{device.serial}"] = device.process
+        return named
+
+    def detach(self) -> None:
+        """Leave every process running after this one exits (`python -m demo up`)."""
+        for proc in self.processes().values():
+            proc.detach()
 
     def stop(self) -> None:
-        for proc in [
-            self.connector,
-            *[d.process for d in self.devices],
-            self.function,
-            *self.extra,
-        ]:
-            proc.stop()
+        """Stop every process at once (each may take a moment to drain its connections)."""
+        procs = list(self.processes().values())
+        with ThreadPoolExecutor(len(procs)) as pool:
+            for _ in pool.map(ServerProcess.stop, procs):
+                pass
+        for device in self.devices:
+            if device.simulator is not None:
+                device.simulator.close()
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -153,7 +149,7 @@ def _config_text(
     port: int,
     function_url: str,
     devices: list[SimDevice],
-    threshold: float | None,
+    policy: Mapping[str, float],
     function_timeout_s: float,
     extra_toml: str,
 ) -> str:
@@ -176,10 +172,7 @@ def _config_text(
         'key = "file:store.key"',
         "",
         "[policy]",
-    ]
-    if threshold is not None:
-        lines.append(f"threshold = {threshold}")
-    lines += [
+        *(f"{key} = {value}" for key, value in policy.items()),
         "",
         "[device_defaults]",
         f'username = "{SIM_ACCOUNT}"',
@@ -205,52 +198,62 @@ def start_stack(
     devices: int = 1,
     function_env: Mapping[str, str | None] | None = None,
     threshold: float | None = None,
+    policy: Mapping[str, float] | None = None,
     function_timeout_s: float = 10.0,
     extra_toml: str = "",
     connector_env: Mapping[str, str | None] | None = None,
     sim_args: tuple[str, ...] = (),
+    in_process: bool = False,
+    shared_simulator: bool = False,
+    route_function: Callable[[str], str] | None = None,
 ) -> Stack:
-    """Start everything; on any failure, stop what was started and raise with its output."""
+    """Start everything; on any failure, stop what was started and raise with its output.
+    `policy` adds fields to the configuration's [policy] table.
+    `sim_args` apply to simulator processes only. `route_function` maps the function's URL to
+    the one written in the connector's configuration (a measuring proxy, for instance)."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[ServerProcess] = []
+    threads: list[DeviceSimulator] = []
     try:
         env = {"FACE_ENGINE": "local", **(function_env or {})}
-        function = start_function("verify_faces", "function/main.py", env=env, timeout_s=60)
+        function = start_function(
+            "verify_faces",
+            "function/main.py",
+            env=env,
+            timeout_s=60,
+            log_prefix=workdir / "function",
+        )
         started.append(function)
 
         password = secrets.token_urlsafe(18)
         sim_env = {"FACEID_SIM_ACCOUNT": f"{SIM_ACCOUNT}:{password}"}
         sims: list[SimDevice] = []
-        for i in range(devices):
-            sim_ca = workdir / f"simulator-{i}.pem"
-            proc = start_module(
-                "connector.simulator",
-                [
-                    "--account-env",
-                    "FACEID_SIM_ACCOUNT",
-                    "--images",
-                    str(images),
-                    "--cert-out",
-                    str(sim_ca),
-                    *sim_args,
-                ],
-                env=sim_env,
-                ready_line=r"^https://\S+",
-            )
-            started.append(proc)
-            fingerprint = proc.wait_line(r"^fingerprint (\S+)").group(1)
-            control = proc.wait_line(r"^control-token (\S+)").group(1)
-            sims.append(
-                SimDevice(
-                    f"SIM{i:04d}",
-                    secrets.token_urlsafe(32),
-                    proc,
-                    proc.url or "",
-                    fingerprint,
-                    control,
-                    str(sim_ca),
+        if in_process:
+            for i in range(devices):
+                sim = DeviceSimulator({SIM_ACCOUNT: password}, images).start()
+                threads.append(sim)
+                sims.append(
+                    SimDevice(
+                        f"SIM{i:04d}",
+                        secrets.token_urlsafe(32),
+                        None,
+                        sim.url,
+                        sim.fingerprint,
+                        sim.control_token,
+                        sim.ca_pem_path,
+                        simulator=sim,
+                    )
                 )
-            )
+        elif shared_simulator:
+            proc = _start_simulator_process(workdir, images, sim_env, sim_args, devices)
+            started.append(proc)
+            sims = _devices_of(proc, workdir / "simulator.pem", devices)
+        else:
+            for i in range(devices):
+                proc = _start_simulator_process(workdir, images, sim_env, sim_args, 1, f"-{i}")
+                started.append(proc)
+                sims += _devices_of(proc, workdir / f"simulator-{i}.pem", 1, first=i)
 
         cert, key = self_signed_identity(["127.0.0.1", "localhost"])
         (workdir / "connector.crt").write_bytes(cert)
@@ -261,9 +264,12 @@ def start_stack(
         config_path.write_text(
             _config_text(
                 port=port,
-                function_url=function.url or "",
+                function_url=(route_function or str)(function.url or ""),
                 devices=sims,
-                threshold=threshold,
+                policy={
+                    **(policy or {}),
+                    **({"threshold": threshold} if threshold is not None else {}),
+                },
                 function_timeout_s=function_timeout_s,
                 extra_toml=extra_toml,
             )
@@ -272,6 +278,7 @@ def start_stack(
             [sys.executable, "-m", "connector", "--config", str(config_path), "serve"],
             env={"FACEID_DEVICE_PASSWORD": password, **(connector_env or {})},
             url=f"https://127.0.0.1:{port}",
+            log_prefix=workdir / "connector",
         ).start()
         started.append(connector)
         _wait_https(connector, f"https://127.0.0.1:{port}/healthz", workdir / "connector.crt")
@@ -279,12 +286,54 @@ def start_stack(
     except BaseException:
         for proc in reversed(started):
             proc.stop()
+        for sim in threads:
+            sim.close()
         raise
 
 
-def _wait_https(proc: ServerProcess, url: str, ca: Path, timeout_s: float = 30.0) -> None:
-    import time
+def _start_simulator_process(
+    workdir: Path,
+    images: str | Path,
+    env: Mapping[str, str],
+    sim_args: tuple[str, ...],
+    devices: int,
+    suffix: str = "",
+) -> ServerProcess:
+    name = f"simulator{suffix}"
+    return start_module(
+        "connector.simulator",
+        [
+            "--account-env",
+            "FACEID_SIM_ACCOUNT",
+            "--images",
+            str(images),
+            "--cert-out",
+            str(workdir / f"{name}.pem"),
+            "--devices",
+            str(devices),
+            *sim_args,
+        ],
+        env=env,
+        ready_line=r"^https://\S+",
+        log_prefix=workdir / name,
+    )
 
+
+def _devices_of(proc: ServerProcess, ca: Path, count: int, first: int = 0) -> list[SimDevice]:
+    """The devices a simulator process announced: URL, fingerprint, control token per device."""
+    pattern = re.compile(r"^(https://\S+)\nfingerprint (\S+)\ncontrol-token (\S+)$", re.MULTILINE)
+    deadline = time.monotonic() + 30
+    while len(found := pattern.findall(proc.stdout())) < count:
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the simulator did not announce {count} devices:\n{proc.stderr()}")
+        time.sleep(0.02)
+    return [
+        SimDevice(f"SIM{first + i:04d}", secrets.token_urlsafe(32), proc, url, fp, control, str(ca))
+        for i, (url, fp, control) in enumerate(found[:count])
+    ]
+
+
+def _wait_https(proc: ServerProcess, url: str, ca: Path, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.returncode is not None:
@@ -297,12 +346,3 @@ def _wait_https(proc: ServerProcess, url: str, ca: Path, timeout_s: float = 30.0
                 tail = proc.stderr()[-3000:]
                 raise RuntimeError(f"connector did not answer at {url}:\n{tail}") from None
             time.sleep(0.1)
-
-
-def warm_up(stack: Stack, image_b64: str) -> None:
-    """Load the function's models before the first person waits for them."""
-    requests.post(stack.function_url + "/inspect", json={"image": image_b64}, timeout=120)
-
-
-def dump(stack: Stack, path: Path) -> None:
-    path.write_text(json.dumps(stack.describe(), indent=2))

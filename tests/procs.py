@@ -8,6 +8,7 @@ environment, wait until it answers, read what it printed, and stop it (and its c
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import re
@@ -24,6 +25,13 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: functions-framework, gunicorn, ...
+_running: set[ServerProcess] = set()  # stopped at exit if a caller forgot
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_running):
+        server.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -55,12 +63,14 @@ class ServerProcess:
         cwd: str | Path = REPO,
         url: str | None = None,
         stop_signal: int = signal.SIGTERM,
+        log_prefix: str | Path | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = child_env(env)
         self.cwd = str(cwd)
         self.url = url  # where it answers, when known in advance
         self.stop_signal = stop_signal
+        self.log_prefix = log_prefix  # None: temporary files, gone after stop()
         self.proc: subprocess.Popen[bytes] | None = None
         self._files: dict[str, IO[bytes]] = {}
         self._final: dict[str, str] = {}
@@ -76,7 +86,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         for name in ("stdout", "stderr"):
             # Closed by stop(); kept open meanwhile so the output can be read at any time.
-            self._files[name] = tempfile.NamedTemporaryFile(prefix=f"proc-{name}-")  # noqa: SIM115
+            if self.log_prefix is None:
+                self._files[name] = tempfile.NamedTemporaryFile(prefix=f"proc-{name}-")  # noqa: SIM115
+            else:
+                self._files[name] = open(f"{self.log_prefix}.{name}.log", "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -86,6 +99,7 @@ class ServerProcess:
             stderr=self._files["stderr"],
             start_new_session=True,  # its own group: stop() reaches gunicorn's workers too
         )
+        _running.add(self)
         return self
 
     def _read(self, name: str) -> str:
@@ -146,6 +160,7 @@ class ServerProcess:
         """`stop_signal` to its group, SIGKILL after `timeout_s`; keeps the output readable."""
         if self.proc is None:
             return None
+        _running.discard(self)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, self.stop_signal)
@@ -160,6 +175,14 @@ class ServerProcess:
             handle.close()
         self._files.clear()
         return self.proc.returncode
+
+    def detach(self) -> None:
+        """Let it outlive this process: no stop at exit. Its own session already keeps it out of
+        this terminal's signals; its output keeps going to the `log_prefix` files."""
+        _running.discard(self)
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -176,6 +199,7 @@ def start_function(
     port: int | None = None,
     ready_path: str = "/",
     timeout_s: float = 30.0,
+    log_prefix: str | Path | None = None,
 ) -> ServerProcess:
     """`functions-framework --target T --source S` on 127.0.0.1, answering when returned."""
     port = port or free_port()
@@ -188,7 +212,9 @@ def start_function(
     ]
     url = f"http://127.0.0.1:{port}"
     # SIGINT is gunicorn's quick shutdown; SIGTERM would wait out keep-alive connections.
-    server = ServerProcess(argv, env=env, url=url, stop_signal=signal.SIGINT).start()
+    server = ServerProcess(
+        argv, env=env, url=url, stop_signal=signal.SIGINT, log_prefix=log_prefix
+    ).start()
     try:
         server.wait_http(url + ready_path, timeout_s)
     except BaseException:
@@ -204,9 +230,11 @@ def start_module(
     *,
     ready_line: str = r"^http://\S+",
     timeout_s: float = 30.0,
+    log_prefix: str | Path | None = None,
 ) -> ServerProcess:
     """`python -m module args` that prints its URL first (the fakes do); `url` is that line."""
-    server = ServerProcess([sys.executable, "-m", module, *args], env=env).start()
+    server = ServerProcess([sys.executable, "-m", module, *args], env=env, log_prefix=log_prefix)
+    server.start()
     try:
         server.url = server.wait_line(ready_line, timeout_s).group(0).strip()
     except BaseException:

@@ -115,11 +115,19 @@ def documented_defaults() -> list[tuple[str, str, object]]:
 def test_defaults_are_the_documented_ones(tmp_path):
     config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
     rows = documented_defaults()
-    assert len(rows) == 18
+    assert len(rows) == 22
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
     assert config.policy.threshold is None and config.devices == ()
+
+
+def test_readme_documents_every_connector_field_as_the_module_does():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = [line for line in (config_module.__doc__ or "").splitlines() if line.startswith("| `")]
+    assert len(rows) > 30
+    missing = [row for row in rows if row not in readme.splitlines()]
+    assert not missing, f"README.md lacks or differs on: {missing}"
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):

@@ -229,6 +229,13 @@ def test_one_retryable_failure_then_success_is_retried(client, fake, first):
     assert fake.count() == 2
 
 
+def test_429_retry_after_zero_still_asks_the_caller_to_wait_a_second(client, fake):
+    fake.enqueue(*[rate_limited("0")] * mxface.MAX_ATTEMPTS)
+    response = verify(client)
+    assert_refused(response, 429, "rate_limited")
+    assert response.headers["Retry-After"] == "1"
+
+
 def test_429_retry_after_is_honoured(client, fake):
     fake.enqueue(rate_limited("0.3"), no_match())
     started = time.monotonic()

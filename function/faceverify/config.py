@@ -10,6 +10,8 @@ from .errors import config_error
 
 MXFACE_VERIFY_URL = "https://faceapi.mxface.ai/api/v3/face/verify"
 ENGINES = ("local", "mxface")
+#: Chosen on the shared face photos (docs/accuracy.md): no impostor pair reaches it, with margin.
+LOCAL_THRESHOLD = 0.50
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Settings:
     mxface_min_confidence: float = 60.0
     mxface_key: str | None = field(default=None, repr=False)  # never printed
     mxface_key_secret: str | None = None
-    local_match_threshold: float = 0.5
+    local_match_threshold: float = LOCAL_THRESHOLD
     min_face_px: int = 80
     dark_mean_level: float = 30.0
     detect_max_side: int = 800
@@ -75,7 +77,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mxface_min_confidence=_number(env, "MXFACE_MIN_CONFIDENCE", 60.0, 0.0, 100.0),
         mxface_key=(env.get("MXFACE_KEY") or "").strip() or None,
         mxface_key_secret=(env.get("MXFACE_KEY_SECRET") or "").strip() or None,
-        local_match_threshold=_number(env, "LOCAL_MATCH_THRESHOLD", 0.5, 0.0, 1.0),
+        local_match_threshold=_number(env, "LOCAL_MATCH_THRESHOLD", LOCAL_THRESHOLD, 0.0, 1.0),
         min_face_px=_integer(env, "MIN_FACE_PX", 80, 1, 4096),
         dark_mean_level=_number(env, "DARK_MEAN_LEVEL", 30.0, 0.0, 255.0),
         detect_max_side=_integer(env, "DETECT_MAX_SIDE", 800, 160, 4096),

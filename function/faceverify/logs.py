@@ -11,6 +11,14 @@ from typing import Any
 
 _lock = threading.Lock()
 TRACE_HEADER = "X-Cloud-Trace-Context"
+SEVERITIES = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+_threshold = SEVERITIES["DEBUG"]
+
+
+def set_level(severity: str) -> None:
+    """Drop records below `severity` (the connector's `log.level`); unknown names keep all."""
+    global _threshold
+    _threshold = SEVERITIES.get(severity.upper(), SEVERITIES["DEBUG"])
 
 
 def trace_id(header_value: str | None) -> str | None:
@@ -35,6 +43,8 @@ def trace_fields(trace: str | None) -> dict[str, str]:
 
 def log(severity: str, message: str, *, trace: str | None = None, **fields: Any) -> None:
     """Write one structured record. Callers pass facts (codes, scores), never images or keys."""
+    if SEVERITIES.get(severity, 50) < _threshold:
+        return
     record: dict[str, Any] = {
         "severity": severity,
         "message": message,

@@ -1,43 +1,5 @@
 # The comparison function (Cloud Functions gen2), its source bucket and the APIs it needs.
 
-locals {
-  # Sizes per engine: dlib needs about 1 GiB resident, MXFace only waits on HTTPS.
-  engine_profiles = {
-    local  = { memory = "2Gi", cpu = "1", concurrency = 4 }
-    mxface = { memory = "512Mi", cpu = "1", concurrency = 8 }
-  }
-  profile     = local.engine_profiles[var.face_engine]
-  memory      = coalesce(var.memory, local.profile.memory)
-  cpu         = coalesce(var.cpu, local.profile.cpu)
-  concurrency = coalesce(var.concurrency, local.profile.concurrency)
-
-  uses_mxface   = var.face_engine == "mxface"
-  runtime_key   = local.uses_mxface && var.mxface_key_delivery == "runtime"
-  pinned_key    = local.uses_mxface && var.mxface_key_delivery == "pinned"
-  source_bucket = coalesce(var.source_bucket_name, "${var.project_id}-faceid-fn-source")
-
-  # Empty values are dropped, so each engine and key delivery sets only what it uses.
-  environment = {
-    for name, value in merge(var.function_settings, {
-      FACE_ENGINE = var.face_engine
-      # functions-framework's gunicorn runs THREADS threads: match what Cloud Run sends at once.
-      THREADS           = tostring(local.concurrency)
-      MXFACE_KEY_SECRET = local.runtime_key ? "projects/${var.project_id}/secrets/${var.mxface_key_secret_id}/versions/${var.mxface_key_version}" : ""
-    }) : name => value if value != ""
-  }
-
-  apis = toset([
-    "artifactregistry.googleapis.com",
-    "cloudbuild.googleapis.com",
-    "cloudfunctions.googleapis.com",
-    "iam.googleapis.com",
-    "iamcredentials.googleapis.com",
-    "run.googleapis.com",
-    "secretmanager.googleapis.com",
-    "storage.googleapis.com",
-  ])
-}
-
 resource "google_project_service" "required" {
   for_each = var.enable_apis ? local.apis : toset([])
 

@@ -1,14 +1,26 @@
-"""A fake Google OAuth 2.0 token endpoint (REFERENCE.md §4) on 127.0.0.1, for the real google-auth
-service-account flow: the client posts a JWT-bearer grant whose assertion it signed with the
-service account's private key and whose `target_audience` claim names the audience; the endpoint
-checks the signature with the account's public key and answers `{"id_token": <JWT>}` signed with
-its own key (`verify()` checks such a token, as the function's front end would).
+"""Fake Google token services (REFERENCE.md §4) on 127.0.0.1, for the real google-auth flows. One
+server, one signing key, as Google signs every ID token with the same keys:
+
+- `POST /token`, the OAuth 2.0 endpoint: a JWT-bearer grant whose assertion the client signed with
+  the service account's private key. A `target_audience` claim asks for `{"id_token": <JWT>}`; a
+  `scope` claim asks for an opaque access token.
+- `POST /v1/token`, the Security Token Service (Workload Identity Federation): a token exchange of
+  a subject token registered in `federated` for an access token of the federated principal
+  `principal://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/subject/S`.
+- `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken` and `:generateIdToken`, the IAM
+  Credentials API: the caller is the holder of the Bearer access token (which must carry the iam
+  or cloud-platform scope) and needs a role on EMAIL given with `grant_role()`; otherwise 403
+  PERMISSION_DENIED, as Google answers.
+
+`verify()` checks an ID token, as the function's front end would.
 
     key = ServiceAccountKey.generate()
     with FakeGoogleTokenServer(key) as google:
         path = key.write(tmp_path / "sa.json", google.token_uri)
         ...
-        google.grants            # target audiences asked for, in order
+        google.grants            # ID-token target audiences asked for at /token, in order
+        google.access_grants     # (principal, scope) of every access token issued
+        google.iam_calls         # (method, target account, caller principal), refused ones too
 """
 
 from __future__ import annotations
@@ -27,6 +39,22 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+IAM_SCOPES = {
+    "https://www.googleapis.com/auth/iam",
+    "https://www.googleapis.com/auth/cloud-platform",
+}
+IAM_PATH = "/v1/projects/-/serviceAccounts/"
+# Role -> the IAM Credentials methods it allows on a service account.
+ROLE_METHODS = {
+    "roles/iam.serviceAccountOpenIdTokenCreator": {"generateIdToken"},
+    "roles/iam.serviceAccountTokenCreator": {"generateIdToken", "generateAccessToken"},
+}
+METHOD_PERMISSION = {
+    "generateIdToken": "iam.serviceAccounts.getOpenIdToken",
+    "generateAccessToken": "iam.serviceAccounts.getAccessToken",
+}
+POOL_PREFIX = "//iam.googleapis.com/"
 # google-auth puts Google's endpoint in the assertion's aud whatever token_uri says; so does Google.
 ASSERTION_AUDIENCE = "https://oauth2.googleapis.com/token"
 ISSUER = "https://accounts.google.com"

@@ -1,7 +1,8 @@
 """A fake MXFace face API (REFERENCE.md §3) on 127.0.0.1, in-process for tests or as a process
 for benchmarks:
 
-    python -m tests.fakes.mxface [--port 0] [--delay-ms 300]
+    python -m tests.fakes.mxface [--port 0] [--delay-ms 300] [--verify same-image|match|no-match]
+                                 [--face-box X,Y,W,H]
 
 prints the verify URL as its first stdout line. The accepted key is read from the environment
 variable FAKE_MXFACE_KEY; when it is unset a random key is generated and printed as the second
@@ -136,6 +137,14 @@ def detected(
 def same_image_rule(image1: bytes, image2: bytes) -> Reply:
     """The default comparison: identical image bytes match, anything else does not."""
     return match(97.0) if image1 == image2 else no_match(18.0)
+
+
+#: Comparison rules for a fake in its own process (`--verify`).
+VERIFY_RULES: dict[str, Callable[[bytes, bytes], Reply]] = {
+    "same-image": same_image_rule,
+    "match": lambda _a, _b: match(),
+    "no-match": lambda _a, _b: no_match(),
+}
 
 
 @dataclass(frozen=True)
@@ -360,9 +369,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fake MXFace API for tests and benchmarks")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every answer")
+    parser.add_argument(
+        "--verify", choices=sorted(VERIFY_RULES), default="same-image", help="how verify answers"
+    )
+    parser.add_argument("--face-box", help="the one face detect finds, X,Y,W,H in pixels")
     args = parser.parse_args(argv)
     key = os.environ.get("FAKE_MXFACE_KEY")
     fake = FakeMXFace(key, delay_s=args.delay_ms / 1000, port=args.port)
+    fake.verify_rule = VERIFY_RULES[args.verify]
+    if args.face_box:
+        x, y, w, h = (float(v) for v in args.face_box.split(","))
+        fake.detect_reply = detected([(x, y, w, h)])
     print(fake.url, flush=True)
     if not key:
         print(f"key={fake.key}", flush=True)

@@ -148,7 +148,7 @@ class MXFaceEngine:
                     wait = _retry_after(response.headers.get("Retry-After"))
                     failure = rate_limited(
                         "The face service is rate limiting us; try again shortly",
-                        math.ceil(wait) if wait else DEFAULT_RETRY_AFTER_S,
+                        DEFAULT_RETRY_AFTER_S if wait is None else max(1, math.ceil(wait)),
                     )
                 elif status >= 500:
                     failure = upstream_error(f"The face service failed (HTTP {status})")

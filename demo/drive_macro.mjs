@@ -1,0 +1,201 @@
+/**
+ * The real macro (macro/faceid.js) on the fake device of macro/testing, its HttpClient making real
+ * HTTP(S) requests to a running connector: what a person at the device would see, step by step.
+ *
+ * As a script (used by `python -m demo`): the first stdin line is the device's settings
+ * `{"connectorUrl", "deviceToken", "serial", "allowInsecureHttps"}`; each further line is one
+ * action `{"press": "login" | "lock" | "enroll"}` or `{"type": "Name"}` (the name asked for by
+ * "Update my photo"). One JSON line answers each: what the screen shows afterwards, the connector
+ * answer behind it and how long it took. The macro's console goes to stderr. The connector's
+ * certificate is checked against Node's CA list: start it with NODE_EXTRA_CA_CERTS=<its CA>.
+ *
+ * As a module (used by macro/test/e2e.test.mjs): `bootDevice(settings)` then `perform(action)`.
+ */
+import { createInterface } from 'node:readline';
+import { pathToFileURL } from 'node:url';
+import { fake, importMacro, lockState, LOCKED, UNLOCKED } from '../macro/testing/harness.mjs';
+
+const macro = await importMacro();
+const { PANELS } = macro;
+const ACTION_TIMEOUT_MS = 60_000;
+const POLL_MS = 5;
+
+/** Every HttpClient Post the macro made: path, status, X-Request-Id, parsed body, duration. */
+const exchanges = [];
+
+function header(headers, name) {
+  const found = (headers || []).find((entry) => entry.Key.toLowerCase() === name);
+  return found ? found.Value : null;
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/** Wrap the fake device's HttpClient to see what the macro receives, without changing it. */
+function recordExchanges() {
+  const post = fake.http.post.bind(fake.http);
+  fake.http.post = async (args, body) => {
+    const started = performance.now();
+    const entry = { path: new URL(args.Url).pathname, done: false };
+    exchanges.push(entry);
+    try {
+      const result = await post(args, body);
+      Object.assign(entry, {
+        status: Number(result.StatusCode),
+        requestId: header(result.Headers, 'x-request-id'),
+        body: parseJson(result.Body),
+      });
+      return result;
+    } catch (err) {
+      const data = typeof err.data === 'string' ? parseJson(err.data) : err.data;
+      Object.assign(entry, {
+        status: data ? Number(data.StatusCode) : null,
+        requestId: data ? header(data.Headers, 'x-request-id') : null,
+        error: err.message,
+      });
+      throw err;
+    } finally {
+      entry.ms = Math.round((performance.now() - started) * 10) / 10;
+      entry.done = true;
+    }
+  };
+}
+
+let wrapped = false;
+
+/**
+ * A factory-fresh device with HttpClient on, the given serial, real network, and the macro started
+ * with {connectorUrl, deviceToken, allowInsecureHttps}. Self-signed connectors need both the macro
+ * setting and the device configuration, as on RoomOS.
+ */
+export async function bootDevice({ connectorUrl, deviceToken, serial, allowInsecureHttps = false }) {
+  macro.stop();
+  fake.reset();
+  if (!wrapped) recordExchanges();
+  wrapped = true;
+  exchanges.length = 0;
+  fake.setConfig('HttpClient Mode', 'On');
+  if (allowInsecureHttps) fake.setConfig('HttpClient AllowInsecureHTTPS', 'True');
+  fake.setStatus('SystemUnit Hardware Module SerialNumber', serial);
+  fake.http.useNetwork();
+  await macro.start({ connectorUrl, deviceToken, allowInsecureHttps, requestTimeoutSeconds: 25 });
+  await until(() => exchanges.every((entry) => entry.done) && exchanges.length > 0);
+}
+
+export function stopDevice() {
+  macro.stop();
+}
+
+function alerts() {
+  return fake.commandsTo('UserInterface Message Alert Display');
+}
+
+/** What a person sees: locked or unlocked, the message on screen, the panels offered. */
+export function screenNow() {
+  const state = lockState();
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  const locked = same(state, LOCKED) ||
+    (state.hideAll === 'True' && state.settingsMenu === 'Hidden' &&
+      !state.panels.includes(PANELS.logout.id));
+  let lock = 'partly locked';
+  if (locked) lock = 'locked';
+  else if (same(state, UNLOCKED)) lock = 'unlocked';
+  return { lock, alert: fake.lastAlert() ?? null, panels: state.panels };
+}
+
+async function until(done, timeoutMs = ACTION_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`no outcome within ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+/** A message shown for a while (not the "Look at the camera…" progress, shown until replaced). */
+function finalAlertSince(count) {
+  return alerts().slice(count).some((entry) => entry.args.Duration > 0);
+}
+
+function exchangeSince(count, path) {
+  return exchanges.slice(count).find((entry) => entry.path === path && entry.done);
+}
+
+/**
+ * Do what a person does and wait until the screen shows the outcome:
+ * {press: 'login' | 'lock' | 'enroll'} or {type: name}. Returns the screen afterwards, the
+ * connector answer the macro acted on (if any) and the milliseconds from the tap to the outcome.
+ */
+export async function perform(action) {
+  const shown = alerts().length;
+  const sent = exchanges.length;
+  const inputs = fake.commandsTo('UserInterface Message TextInput Display').length;
+  const started = performance.now();
+  let path = null;
+  let done;
+  if (action.type !== undefined) {
+    path = '/v1/enroll';
+    fake.emit('UserInterface Message TextInput Response',
+      { FeedbackId: 'faceid_enroll_name', Text: action.type });
+    done = () => finalAlertSince(shown);
+  } else if (action.press === 'login' || action.press === 'lock') {
+    path = action.press === 'login' ? '/v1/verify' : '/v1/lock';
+    const panel = action.press === 'login' ? PANELS.login : PANELS.logout;
+    fake.emit('UserInterface Extensions Panel Clicked', { PanelId: panel.id });
+    // A lock is also reported to the connector after the screen changed: wait for that too.
+    done = () => finalAlertSince(shown) && (action.press === 'login' || exchangeSince(sent, path));
+  } else if (action.press === 'enroll') {
+    fake.emit('UserInterface Extensions Panel Clicked', { PanelId: PANELS.enroll.id });
+    done = () => fake.commandsTo('UserInterface Message TextInput Display').length > inputs;
+  } else {
+    throw new Error(`unknown action ${JSON.stringify(action)}`);
+  }
+  await until(done);
+  const ms = Math.round((performance.now() - started) * 10) / 10;
+  const exchange = path === null ? null : exchangeSince(sent, path) ?? null;
+  const prompt = fake.commandsTo('UserInterface Message TextInput Display').slice(inputs).pop();
+  return {
+    action,
+    screen: screenNow(),
+    prompt: prompt ? prompt.args.Text : null,
+    ms,
+    http: exchange && {
+      path: exchange.path,
+      status: exchange.status,
+      request_id: exchange.requestId,
+      ms: exchange.ms,
+      error: exchange.error ?? null,
+    },
+    answer: exchange && exchange.body,
+  };
+}
+
+async function main() {
+  console.log = (...args) => process.stderr.write(`${args.join(' ')}\n`);
+  const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+  const say = (record) => process.stdout.write(`${JSON.stringify(record)}\n`);
+  let booted = false;
+  for await (const line of lines) {
+    if (!line.trim()) continue;
+    try {
+      const request = JSON.parse(line);
+      if (!booted) {
+        await bootDevice(request);
+        booted = true;
+        say({ ready: true, screen: screenNow() });
+      } else {
+        say(await perform(request));
+      }
+    } catch (err) {
+      say({ error: String((err && err.message) || err) });
+    }
+  }
+  stopDevice();
+  process.exit(0);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) await main();

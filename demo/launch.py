@@ -1,0 +1,137 @@
+"""What every demo command does first: camera frames, the stack with one device, the face models
+loaded, and (for `up` and `serve`) the person enrolled."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from demo.photos import DemoFrames, demo_frames
+from demo.stack import SimDevice, Stack, start_stack
+
+#: The demo's work folder (git-ignored); FACEID_DEMO_DIR moves it (tests use a temporary one).
+DEMO_DIR = Path(os.environ.get("FACEID_DEMO_DIR") or Path(__file__).resolve().parents[1] / ".demo")
+
+
+@dataclass
+class Launched:
+    stack: Stack
+    frames: DemoFrames
+
+    @property
+    def device(self) -> SimDevice:
+        return self.stack.devices[0]
+
+
+def say(text: str, *, end: str = "\n") -> None:
+    """Progress for people, on stderr: stdout stays for what scripts read."""
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(text: str) -> Iterator[None]:
+    say(f"{text}…", end=" ")
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        say("failed")
+        raise
+    say(f"done ({time.monotonic() - started:.1f} s)")
+
+
+def fresh_folder(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def launch(workdir: Path) -> Launched:
+    """Start the stack in `workdir` with the demo's frames (DEMO_PHOTOS=folder: your own photos)
+    and load the function's face models; the caller stops it."""
+    photos = os.environ.get("DEMO_PHOTOS")
+    frames = demo_frames(workdir / "frames", Path(photos) if photos else None)
+    with step("Starting the comparison function, the device simulator and the connector"):
+        stack = start_stack(workdir / "stack", images=frames.enrolled)
+    try:
+        with step("Loading face models (the first comparison loads them)"):
+            warm_up(stack, frames.enrolled)
+    except BaseException:
+        stack.stop()
+        raise
+    return Launched(stack, frames)
+
+
+def warm_up(stack: Stack, frame: Path) -> None:
+    """One /inspect call: the function loads its models before anyone waits at the device."""
+    image = base64.b64encode(frame.read_bytes()).decode("ascii")
+    answer = requests.post(stack.function_url + "/inspect", json={"image": image}, timeout=300)
+    if answer.status_code != 200:
+        raise RuntimeError(f"the function could not inspect a frame: {answer.text[:300]}")
+
+
+def enroll(launched: Launched) -> dict[str, Any]:
+    """Enroll the demo's person through the connector's API (allowed: nobody is enrolled yet)."""
+    device = launched.device
+    body = {"serial": device.serial, "person": launched.frames.person}
+    answer = launched.stack.call("/v1/enroll", device, body).json()
+    if answer.get("result") != "enrolled":
+        raise RuntimeError(f"enrolling {launched.frames.person} failed: {answer.get('message')}")
+    return dict(answer)
+
+
+def connector_records(stack: Stack) -> Iterator[dict[str, Any]]:
+    """The connector's structured log records (one JSON object per stdout line)."""
+    for line in stack.connector.stdout().splitlines():
+        if line.startswith("{"):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def description(launched: Launched) -> dict[str, Any]:
+    """Everything a person or a script needs to use the running stack (`.demo/stack.json`)."""
+    stack, device, frames = launched.stack, launched.device, launched.frames
+    person = {"images": None, "black": False, "no_option_key": False}
+    return {
+        "connector": {
+            "url": stack.connector_url,
+            "ca": str(stack.ca_path),
+            "config": str(stack.config_path),
+        },
+        "device": {"serial": device.serial, "token": device.token, "enrolled": frames.person},
+        "function": {"url": stack.function_url},
+        "simulator": {
+            "url": device.url,
+            "ca": device.ca_path,
+            "control_url": f"{device.url}/_sim/control",
+            "control_header": "X-Sim-Control",
+            "control_token": device.control_token,
+            "switches": {
+                "enrolled person": {**person, "images": str(frames.enrolled)},
+                "another person": {**person, "images": str(frames.others[0])},
+                "no face": {**person, "images": str(frames.no_face)},
+                "black frame (camera lid closed)": {"black": True},
+                "no Remote Monitoring option key": {"no_option_key": True},
+            },
+        },
+        "frames": {
+            "enrolled": str(frames.enrolled),
+            "others": [str(p) for p in frames.others],
+            "no_face": str(frames.no_face),
+        },
+        "logs": str(stack.workdir),
+        "pids": {name: proc.pid for name, proc in stack.processes().items()},
+    }

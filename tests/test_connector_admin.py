@@ -1,0 +1,177 @@
+"""`python -m connector admin ...` against the generated configuration and the store of a running
+stack (local engine): what an administrator does, and what the running connector then sees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from connector.auth import token_hash
+from connector.config import load_config
+from demo.photos import write_frames
+from demo.stack import start_stack
+from tests.connector_e2e import (
+    assert_error,
+    open_sessions,
+    open_store,
+    sim_stats,
+    verify,
+)
+
+PERSON = "Grace Hopper"
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    return write_frames(tmp_path_factory.mktemp("frames"))
+
+
+@pytest.fixture(scope="module")
+def stack(frames, tmp_path_factory):
+    stack = start_stack(tmp_path_factory.mktemp("stack"), images=frames["grace_hopper"], devices=2)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_device_sessions(stack):
+    yield
+    assert open_sessions(stack.devices) == {}
+
+
+def admin_ok(stack, *args: str) -> str:
+    code, output = stack.admin(*args)
+    assert code == 0, output
+    return output
+
+
+def test_add_device_shows_its_token_once_and_the_file_keeps_only_its_hash(stack):
+    output = admin_ok(
+        stack,
+        "add-device",
+        "--serial",
+        "NEWROOM1",
+        "--host",
+        "10.1.2.3",
+        "--username",
+        "faceid",
+        "--password-ref",
+        "env:NEWROOM1_PASSWORD",  # not set here: adding needs no password
+        "--fingerprint",
+        ":".join(["0F"] * 32),
+    )
+    lines = output.splitlines()
+    token = lines[lines.index(next(x for x in lines if "shown once" in x)) + 1].strip()
+    assert len(token) >= 32
+    assert output.count(token) == 1
+    text = stack.config_path.read_text()
+    assert token not in text
+    assert token_hash(token) in text
+    added = load_config(stack.config_path).device("NEWROOM1")
+    assert added is not None and added.token_sha256 == token_hash(token)
+
+    code, output = stack.admin(
+        "add-device", "--serial", "NEWROOM1", "--host", "10.1.2.4", "--username", "x",
+        "--password-ref", "env:X", "--insecure",
+    )  # fmt: skip
+    assert code != 0 and "already" in output
+
+
+def test_enroll_from_a_file_reaches_the_running_connector_until_the_person_is_removed(
+    stack, frames
+):
+    device = stack.devices[0]
+    assert_error(verify(stack, device), "not_enrolled")
+    output = admin_ok(
+        stack,
+        "enroll",
+        "--serial",
+        device.serial,
+        "--person",
+        PERSON,
+        "--image",
+        str(frames["grace_hopper"]),
+    )
+    assert "enrolled: Photo saved for Grace Hopper." in output
+    assert admin_ok(stack, "people", "--serial", device.serial).startswith(f"{PERSON}\t1 photo(s)")
+    assert verify(stack, device)["person"] == PERSON
+
+    assert f"Removed {PERSON}" in admin_ok(
+        stack, "remove-person", "--serial", device.serial, "--person", PERSON
+    )
+    assert admin_ok(stack, "people", "--serial", device.serial) == ""
+    assert_error(verify(stack, device), "not_enrolled")
+    code, output = stack.admin("remove-person", "--serial", device.serial, "--person", PERSON)
+    assert code == 1 and "No person" in output
+
+
+@pytest.mark.parametrize(
+    ("serial", "image", "message"),
+    [
+        ("SIM0001", "no_face", "refused: No face found"),
+        ("SIM0001", "missing.jpg", "Cannot read"),
+        ("NOSUCHROOM", "grace_hopper", "No device NOSUCHROOM"),
+    ],
+)
+def test_enroll_refuses_a_bad_picture_or_an_unknown_device(stack, frames, serial, image, message):
+    path = frames.get(image) or frames["grace_hopper"].parent / image
+    code, output = stack.admin(
+        "enroll", "--serial", serial, "--person", PERSON, "--image", str(path)
+    )
+    assert code == 1 and message in output
+    store = open_store(stack)
+    try:
+        assert store.people(serial) == []
+    finally:
+        store.close()
+
+
+def test_remove_device_drops_it_from_the_file_and_forgets_its_people(stack, frames):
+    admin_ok(
+        stack, "add-device", "--serial", "GONEROOM", "--host", "10.9.9.9", "--username", "x",
+        "--password-ref", "env:GONEROOM_PASSWORD", "--insecure",
+    )  # fmt: skip
+    admin_ok(
+        stack, "enroll", "--serial", "GONEROOM", "--person", PERSON,
+        "--image", str(frames["grace_hopper"]),
+    )  # fmt: skip
+    assert "removed" in admin_ok(stack, "remove-device", "--serial", "GONEROOM")
+    assert load_config(stack.config_path).device("GONEROOM") is None
+    store = open_store(stack)
+    try:
+        assert store.people("GONEROOM") == []
+    finally:
+        store.close()
+
+
+def test_audit_lists_requests_newest_first_with_their_request_id(stack):
+    device = stack.devices[1]
+    answers = [
+        stack.call("/v1/verify", device, {"serial": device.serial, "nonce": f"audit-{i:012d}"})
+        for i in range(2)
+    ]
+    output = admin_ok(stack, "audit", "--serial", device.serial, "--json", "--limit", "2")
+    entries = [json.loads(line) for line in output.splitlines()]
+    assert [e["request_id"] for e in entries] == [
+        a.headers["X-Request-Id"] for a in reversed(answers)
+    ]
+    assert {(e["action"], e["outcome"], e["code"]) for e in entries} == {
+        ("verify", "error", "not_enrolled")
+    }
+    assert all(len(line) < 1000 for line in output.splitlines())  # facts, never an image
+
+
+def test_test_device_reports_the_snapshot_and_the_certificate_to_pin(stack):
+    device = stack.devices[1]
+    before = sim_stats(device)
+    report = json.loads(admin_ok(stack, "test-device", "--serial", device.serial))
+    assert (report["width"], report["height"]) == (1920, 1080)
+    assert report["certificate_sha256"] == device.fingerprint
+    assert report["tls_policy"] == "pinned"
+    after = sim_stats(device)
+    assert after["signins"] - before["signins"] == after["signouts"] - before["signouts"] == 1
+    code, output = stack.admin("test-device", "--serial", "NOSUCHROOM")
+    assert code == 1 and "No device NOSUCHROOM" in output

@@ -1,0 +1,533 @@
+"""The connector's macro API (docs/api.md §2) end to end: the connector process over HTTPS, the real
+function process with the local engine, simulated devices. Every answer is checked as the macro
+checks it (signature recomputed here, nonce echo, expiry)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from PIL import Image
+
+from connector.simulator import DeviceSimulator
+from connector.tls import peer_fingerprint, pem_fingerprint, self_signed_identity
+from demo.photos import FRAME, write_frames
+from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
+from tests.connector_e2e import (
+    assert_error,
+    enroll,
+    extra_device,
+    fresh_nonce,
+    image_size,
+    open_sessions,
+    open_store,
+    session_from,
+    sim_stats,
+    status,
+    verify,
+    write_jpeg,
+)
+from tests.procs import free_port
+from tests.samples import astronaut_image, grace_hopper_jpeg
+
+GRACE = "Grace Hopper"
+
+
+def two_people_frame() -> Image.Image:
+    """Grace Hopper and the astronaut side by side, each filling half of a camera frame."""
+    grace = Image.open(io.BytesIO(grace_hopper_jpeg())).convert("RGB")
+    frame = Image.new("RGB", FRAME, (92, 96, 100))
+    half = FRAME[0] // 2
+    for i, picture in enumerate((grace, astronaut_image())):
+        scale = FRAME[1] / picture.height
+        scaled = picture.resize((round(picture.width * scale), FRAME[1]), Image.Resampling.BICUBIC)
+        left = (scaled.width - half) // 2
+        frame.paste(scaled.crop((left, 0, left + half, FRAME[1])), (half * i, 0))
+    return frame
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("frames")
+    paths = write_frames(folder)
+    paths["two_people"] = write_jpeg(folder / "two_people.jpg", two_people_frame())
+    return paths
+
+
+class Devices:
+    """The module's devices, one per independent scenario."""
+
+    def __init__(self, stack: Stack, extras: dict[str, SimDevice]) -> None:
+        self.enrolled, self.empty, self.flow, self.refusals = stack.devices
+        self.faulty = extras["faulty"]  # in-process simulator, switched per test
+        self.bad_password = extras["bad_password"]
+        self.bad_pin = extras["bad_pin"]
+        self.closed_port = extras["closed_port"]
+        self.all = [*stack.devices, *extras.values()]
+
+
+@pytest.fixture(scope="module")
+def world(frames, tmp_path_factory):
+    extra_password = secrets.token_urlsafe(18)
+    faulty = DeviceSimulator({SIM_ACCOUNT: extra_password}, frames["grace_hopper"]).start()
+    guarded = DeviceSimulator({SIM_ACCOUNT: extra_password}, frames["grace_hopper"]).start()
+    extras = {
+        "faulty": extra_device("XFAULTY", sim=faulty, password_ref="env:EXTRA_PASSWORD"),
+        "bad_password": extra_device(
+            "XBADPASSWORD", sim=guarded, password_ref="env:WRONG_PASSWORD"
+        ),
+        "bad_pin": extra_device(
+            "XBADPIN",
+            sim=faulty,
+            fingerprint=":".join(["AB"] * 32),
+            password_ref="env:EXTRA_PASSWORD",
+        ),
+        "closed_port": extra_device(
+            "XCLOSED",
+            host=f"127.0.0.1:{free_port()}",
+            fingerprint=faulty.fingerprint,
+            password_ref="env:EXTRA_PASSWORD",
+        ),
+    }
+    stack = None
+    try:
+        stack = start_stack(
+            tmp_path_factory.mktemp("stack"),
+            images=frames["grace_hopper"],
+            devices=4,
+            extra_toml="\n" + "\n".join(e.toml for e in extras.values()),
+            connector_env={
+                "EXTRA_PASSWORD": extra_password,
+                "WRONG_PASSWORD": secrets.token_urlsafe(18),
+            },
+        )
+        devices = Devices(stack, {name: e.device for name, e in extras.items()})
+        answer = enroll(stack, devices.enrolled, GRACE)
+        assert answer["result"] == "enrolled", answer
+        # The devices that fail before any snapshot get a reference straight in the store, so a
+        # verify reaches the device.
+        store = open_store(stack)
+        try:
+            for extra in extras.values():
+                store.add_reference(extra.device.serial, "Seeded Person", grace_hopper_jpeg())
+        finally:
+            store.close()
+        yield stack, devices
+    finally:
+        if stack is not None:
+            stack.stop()
+        faulty.close()
+        guarded.close()
+
+
+@pytest.fixture(scope="module")
+def stack(world) -> Stack:
+    return world[0]
+
+
+@pytest.fixture(scope="module")
+def devices(world) -> Devices:
+    return world[1]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_device_sessions(devices):
+    yield
+    # One device per simulator (two extra devices share one; one has no simulator at all).
+    reachable = {id(d.simulator or d): d for d in devices.all if d.simulator or d.process}
+    assert open_sessions(list(reachable.values())) == {}
+
+
+@pytest.fixture
+def shows(devices, frames):
+    """Point the enrolled device's camera at a frame; back to Grace Hopper afterwards."""
+    device = devices.enrolled
+
+    def show(name: str) -> None:
+        device.control(images=str(frames[name]))
+
+    yield show
+    device.control(images=str(frames["grace_hopper"]), black=False)
+
+
+# --- verify outcomes ---------------------------------------------------------------------------
+
+
+def test_an_enrolled_face_matches_with_a_signed_fresh_answer(stack, devices):
+    answer = verify(stack, devices.enrolled)
+    assert answer["verdict"] == "match"
+    assert answer["person"] == GRACE
+    assert answer["message"] == f"Welcome, {GRACE}"
+    assert answer["retry_after_s"] is None
+
+
+def test_another_person_is_not_recognized(stack, devices, shows):
+    shows("astronaut")
+    answer = verify(stack, devices.enrolled)
+    assert (answer["verdict"], answer["code"]) == ("no_match", "not_recognized")
+    shows("grace_hopper")
+    assert verify(stack, devices.enrolled)["verdict"] == "match"  # also clears the failure
+
+
+def test_a_closed_camera_is_too_dark(stack, devices):
+    devices.enrolled.control(black=True)
+    try:
+        assert_error(verify(stack, devices.enrolled), "too_dark")
+    finally:
+        devices.enrolled.control(black=False)
+
+
+def test_a_scene_without_a_face_is_no_face(stack, devices, shows):
+    shows("no_face")
+    assert_error(verify(stack, devices.enrolled), "no_face")
+
+
+def test_a_device_with_nobody_enrolled_is_not_enrolled_without_being_contacted(stack, devices):
+    before = sim_stats(devices.empty)["device_requests"]
+    assert_error(verify(stack, devices.empty), "not_enrolled")
+    assert sim_stats(devices.empty)["device_requests"] == before
+
+
+# --- device failures ---------------------------------------------------------------------------
+
+
+def test_a_device_that_resets_connections_is_unreachable(stack, devices):
+    devices.faulty.simulator.set_mode(down=True)
+    try:
+        assert_error(verify(stack, devices.faulty), "device_unreachable")
+    finally:
+        devices.faulty.simulator.set_mode(down=False)
+
+
+def test_a_device_address_where_nothing_listens_is_unreachable(stack, devices):
+    assert_error(verify(stack, devices.closed_port), "device_unreachable")
+
+
+def test_a_wrong_device_password_signs_in_exactly_once(stack, devices):
+    sim = devices.bad_password.simulator
+    for _ in range(2):
+        before = sim.stats()
+        assert_error(verify(stack, devices.bad_password), "device_auth_failed")
+        after = sim.stats()
+        assert after["signin_attempts"] - before["signin_attempts"] == 1
+        assert after["failed_logins"] - before["failed_logins"] == 1
+        assert after["snapshots_served"] == before["snapshots_served"]
+
+
+def test_a_certificate_that_is_not_the_pinned_one_gets_no_credentials(stack, devices):
+    before = sim_stats(devices.bad_pin)["signin_attempts"]
+    assert_error(verify(stack, devices.bad_pin), "device_tls_error")
+    assert sim_stats(devices.bad_pin)["signin_attempts"] == before
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"no_option_key": True},
+        {"fault": "garbage_json"},
+        {"fault": "missing_data"},
+        {"fault": "not_jpeg"},
+    ],
+    ids=lambda mode: next(iter(mode.values())) if "fault" in mode else next(iter(mode)),
+)
+def test_a_device_without_a_usable_snapshot_is_snapshot_unavailable(stack, devices, mode):
+    sim = devices.faulty.simulator
+    sim.set_mode(**mode)
+    try:
+        before = sim.stats()
+        assert_error(verify(stack, devices.faulty), "snapshot_unavailable")
+        after = sim.stats()
+        assert after["signouts"] - before["signouts"] == 1
+    finally:
+        sim.set_mode(no_option_key=False, fault=None)
+
+
+# --- enrollment ----------------------------------------------------------------------------------
+
+
+def test_enrollment_needs_an_empty_device_or_an_unlocked_session(stack, devices):
+    device = devices.flow
+    assert status(stack, device) == {"enrolled_people": 0, "unlocked": False, "locked_out_for_s": 0}
+    assert enroll(stack, device, f"  {GRACE} ") == {
+        "result": "enrolled",
+        "code": None,
+        "message": f"Photo saved for {GRACE}.",
+        "person": GRACE,
+    }
+    assert status(stack, device)["enrolled_people"] == 1
+
+    refused = enroll(stack, device, "Someone Else")
+    assert (refused["result"], refused["code"]) == ("refused", "locked")
+
+    assert verify(stack, device)["verdict"] == "match"
+    assert status(stack, device)["unlocked"] is True
+    assert enroll(stack, device, GRACE)["result"] == "enrolled"  # a second photo, same person
+    assert [p.references for p in _people(stack, device)] == [2]
+
+    locked = stack.call("/v1/lock", device, {"serial": device.serial})
+    assert (locked.status_code, locked.json()) == (200, {"unlocked": False})
+    assert status(stack, device)["unlocked"] is False
+    refused = enroll(stack, device, "Someone Else")
+    assert (refused["result"], refused["code"]) == ("refused", "locked")
+    assert status(stack, device)["enrolled_people"] == 1
+
+
+def _people(stack, device):
+    store = open_store(stack)
+    try:
+        return store.people(device.serial)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [("two_people", "several_faces"), ("no_face", "no_face"), ("black", "too_dark")],
+)
+def test_enrollment_refuses_a_snapshot_without_exactly_one_usable_face(
+    stack, devices, frames, frame, code
+):
+    device = devices.refusals
+    if frame == "black":
+        device.control(black=True)
+    else:
+        device.control(images=str(frames[frame]))
+    try:
+        answer = enroll(stack, device, "Ada Lovelace")
+    finally:
+        device.control(black=False, images=str(frames["grace_hopper"]))
+    assert (answer["result"], answer["code"], answer["person"]) == ("refused", code, "Ada Lovelace")
+    assert answer["message"]
+    assert status(stack, device)["enrolled_people"] == 0
+
+
+def test_the_stored_face_is_a_small_crop_encrypted_at_rest(stack, devices, frames):
+    store = open_store(stack)
+    try:
+        references = store.references_for(devices.enrolled.serial)
+    finally:
+        store.close()
+    assert [ref.person for ref in references] == [GRACE]
+    crop = references[0].image
+    assert max(image_size(crop)) <= 512
+    snapshot = frames["grace_hopper"].read_bytes()  # what the simulator sends, byte for byte
+    at_rest = b"".join(
+        path.read_bytes()
+        for path in (stack.workdir / "faceid.db", stack.workdir / "faceid.db-wal")
+        if path.exists()
+    )
+    assert GRACE.encode() in at_rest  # the right files: names are stored in clear
+    for image in (crop, snapshot):
+        for start in range(len(image) // 8, len(image) - 32, len(image) // 8):
+            assert image[start : start + 32] not in at_rest
+
+
+# --- authentication and HTTP rules ---------------------------------------------------------------
+
+
+def _post(stack, path, body=None, token=None, source="127.0.0.1", **kwargs):
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    with session_from(source) as http:
+        http.trust_env = False
+        return http.post(
+            stack.connector_url + path,
+            json=body,
+            headers=headers,
+            verify=str(stack.ca_path),
+            timeout=30,
+            **kwargs,
+        )
+
+
+def test_a_wrong_token_and_an_unknown_serial_get_the_same_401(stack, devices):
+    device = devices.enrolled
+    wrong_token = _post(
+        stack,
+        "/v1/verify",
+        {"serial": device.serial, "nonce": fresh_nonce()},
+        token=secrets.token_urlsafe(32),
+        source="127.0.0.2",
+    )
+    unknown_serial = _post(
+        stack,
+        "/v1/verify",
+        {"serial": "NOSUCHDEVICE", "nonce": fresh_nonce()},
+        token=device.token,
+        source="127.0.0.2",
+    )
+    assert wrong_token.status_code == unknown_serial.status_code == 401
+    assert wrong_token.content == unknown_serial.content
+    assert wrong_token.json()["error"]["code"] == "unauthorized"
+    assert wrong_token.headers["X-Request-Id"] != unknown_serial.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize("header", [None, "Basic Zm9vOmJhcg==", "Bearer", "Bearer "])
+def test_a_request_without_a_bearer_token_is_401(stack, devices, header):
+    device = devices.enrolled
+    headers = {} if header is None else {"Authorization": header}
+    answer = _post(
+        stack,
+        "/v1/verify",
+        {"serial": device.serial, "nonce": fresh_nonce()},
+        headers=headers,
+        source="127.0.0.4",
+    )
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "unauthorized"
+
+
+def test_repeated_failed_authentication_from_one_address_is_rate_limited(stack, devices):
+    device = devices.enrolled
+    body = {"serial": device.serial, "nonce": fresh_nonce()}
+    codes = [
+        _post(stack, "/v1/verify", body, token="wrong-" + str(i), source="127.0.0.3").status_code
+        for i in range(10)
+    ]
+    assert codes == [401] * 10
+    refused = _post(stack, "/v1/verify", body, token=device.token, source="127.0.0.3")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert status(stack, device)["enrolled_people"] == 1  # other addresses are not affected
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/verify", b"not json"),
+        ("/v1/verify", b"[1, 2]"),
+        ("/v1/verify", b'{"nonce": "0123456789abcdefgh"}'),
+        ("/v1/verify", b'{"serial": "../etc", "nonce": "0123456789abcdefgh"}'),
+        ("/v1/verify", b'{"serial": 12, "nonce": "0123456789abcdefgh"}'),
+        ("/v1/enroll", b'{"serial": "SIM0000", "person": "a/b"}'),
+        ("/v1/enroll", b'{"serial": "SIM0000", "person": "tab\\there"}'),
+        ("/v1/enroll", b'{"serial": "SIM0000", "person": "   "}'),
+        ("/v1/enroll", b'{"serial": "SIM0000"}'),
+    ],
+)
+def test_a_malformed_body_is_400(stack, devices, path, raw):
+    device = devices.enrolled
+    before = sim_stats(device)["device_requests"]
+    answer = _post(
+        stack,
+        path,
+        token=device.token,
+        data=raw,
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "bad_request"
+    assert answer.headers["X-Request-Id"]
+    assert sim_stats(device)["device_requests"] == before
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    [None, "", "x" * 15, "x" * 65, "0123456789abcdef+", "0123456789abcdef ", 1234567890123456789],
+)
+def test_a_nonce_breaking_the_rules_is_400_and_the_device_is_not_contacted(stack, devices, nonce):
+    device = devices.enrolled
+    before = sim_stats(device)["device_requests"]
+    body = {"serial": device.serial} if nonce is None else {"serial": device.serial, "nonce": nonce}
+    answer = stack.call("/v1/verify", device, body)
+    assert answer.status_code == 400
+    assert "nonce" in answer.json()["error"]["message"]
+    assert sim_stats(device)["device_requests"] == before
+
+
+def test_the_longest_and_shortest_nonces_are_accepted(stack, devices):
+    device = devices.empty
+    for nonce in ("a" * 16, "Z_-9" * 16):
+        answer = stack.call("/v1/verify", device, {"serial": device.serial, "nonce": nonce})
+        assert (answer.status_code, answer.json()["nonce"]) == (200, nonce)
+
+
+def _chunked(stack, device, body: bytes):
+    """Sent without Content-Length (chunked): the limit must hold while reading."""
+    return _post(
+        stack,
+        "/v1/verify",
+        token=device.token,
+        data=(body[i : i + 4096] for i in range(0, len(body), 4096)),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def _body_of(device, size: int) -> bytes:
+    head = f'{{"serial": "{device.serial}", "nonce": "{fresh_nonce()}", "pad": "'.encode()
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def test_a_body_over_64_kib_is_413_with_or_without_content_length(stack, devices):
+    device = devices.empty
+    for answer in (
+        stack.call("/v1/verify", device, {"serial": device.serial, "pad": "x" * 65_536}),
+        _chunked(stack, device, _body_of(device, 80_000)),
+    ):
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "too_large"
+    assert _chunked(stack, device, _body_of(device, 65_536)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/verify"), ("PUT", "/v1/enroll"), ("POST", "/v1/status"), ("GET", "/v1/lock")],
+)
+def test_a_wrong_method_is_405(stack, devices, method, path):
+    answer = requests.request(
+        method,
+        stack.connector_url + path,
+        headers={"Authorization": f"Bearer {devices.enrolled.token}"},
+        verify=str(stack.ca_path),
+        timeout=10,
+    )
+    assert answer.status_code == 405
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_an_unknown_path_is_404(stack, devices):
+    answer = stack.call("/v1/unlock", devices.enrolled, {"serial": devices.enrolled.serial})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_status_reports_people_session_and_lockout(stack, devices):
+    assert status(stack, devices.empty) == {
+        "enrolled_people": 0,
+        "unlocked": False,
+        "locked_out_for_s": 0,
+    }
+    assert status(stack, devices.enrolled)["enrolled_people"] == 1
+
+
+def test_lock_ends_a_session_and_answers_unlocked_false_even_without_one(stack, devices):
+    device = devices.enrolled
+    assert verify(stack, device)["verdict"] == "match"
+    assert status(stack, device)["unlocked"] is True
+    for _ in range(2):
+        answer = stack.call("/v1/lock", device, {"serial": device.serial})
+        assert (answer.status_code, answer.json()) == (200, {"unlocked": False})
+        assert status(stack, device)["unlocked"] is False
+
+
+def test_health_needs_no_token(stack):
+    answer = requests.get(stack.connector_url + "/healthz", verify=str(stack.ca_path), timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok"
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(stack):
+    """Last: it changes the connector's certificate (stack.ca_path follows it)."""
+    url = urlsplit(stack.connector_url)
+    served = peer_fingerprint(url.hostname, url.port, 5)
+    assert served == pem_fingerprint((stack.workdir / "connector.crt").read_bytes())
+    cert, key = self_signed_identity(["127.0.0.1", "localhost"])
+    (stack.workdir / "connector.key").write_bytes(key)
+    (stack.workdir / "connector.crt").write_bytes(cert)
+    assert peer_fingerprint(url.hostname, url.port, 5) == pem_fingerprint(cert) != served
+    test_health_needs_no_token(stack)  # trusted with the new certificate

@@ -1,0 +1,112 @@
+"""The demo's launcher: `python -m demo up` leaves a working stack behind that `down` stops, one
+simulator process can serve several devices, and the fake MXFace process can be told what to
+answer (the end-to-end benchmark relies on both)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.procs import REPO, start_module
+from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg
+
+
+def demo(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FACEID_DEMO_DIR": str(folder)}
+    env.pop("DEMO_PHOTOS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "demo", command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_demo_up_leaves_a_working_stack_after_it_exits_and_down_stops_it(tmp_path):
+    started = demo("up", tmp_path)
+    try:
+        assert started.returncode == 0, started.stderr
+        described = json.loads((tmp_path / "stack.json").read_text())
+        assert (tmp_path / "stack.json").stat().st_mode & 0o077 == 0, "the token file is private"
+        connector, device = described["connector"], described["device"]
+        assert device["token"] in started.stdout and "curl" in started.stdout
+        answer = requests.post(
+            connector["url"] + "/v1/verify",
+            json={"serial": device["serial"], "nonce": secrets.token_urlsafe(16)},
+            headers={"Authorization": f"Bearer {device['token']}"},
+            verify=connector["ca"],
+            timeout=30,
+        ).json()
+        assert answer["verdict"] == "match" and answer["person"] == device["enrolled"]
+        logs = Path(described["logs"])
+        assert '"verify match"' in (logs / "connector.stdout.log").read_text()
+    finally:
+        stopped = demo("down", tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    pids = described["pids"].values()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_one_simulator_process_serves_several_devices_each_with_its_own_sessions(tmp_path):
+    ca = tmp_path / "sim.pem"
+    args = ["--account", "admin:pw", "--devices", "2", "--cert-out", str(ca)]
+    with start_module("connector.simulator", args, ready_line=r"^https://\S+") as sim:
+        deadline = time.monotonic() + 10
+        while len(urls := re.findall(r"^https://\S+", sim.stdout(), re.M)) < 2:
+            assert time.monotonic() < deadline, sim.stdout()
+            time.sleep(0.02)
+        token = re.search(r"^control-token (\S+)", sim.stdout(), re.M).group(1)
+        signed_in = requests.post(
+            urls[0] + "/web/signin/open",
+            data={"username": "admin", "password": "pw"},
+            verify=str(ca),
+            timeout=5,
+        )
+        assert signed_in.status_code == 200
+        opened = [
+            requests.get(
+                url + "/_sim/stats", headers={"X-Sim-Control": token}, verify=str(ca), timeout=5
+            ).json()["open_sessions"]
+            for url in urls
+        ]
+    assert urls[0] != urls[1]
+    assert opened == [1, 0]
+
+
+def test_fake_mxface_process_matches_any_pair_and_finds_the_given_face_box():
+    key = secrets.token_urlsafe(16)
+    args = ["--verify", "match", "--face-box", "400,105,165,190"]
+    with start_module("tests.fakes.mxface", args, env={"FAKE_MXFACE_KEY": key}) as fake:
+        headers = {"Subscriptionkey": key}
+        pair = {"encoded_image1": b64(grace_hopper_jpeg()), "encoded_image2": b64(astronaut_jpeg())}
+        compared = requests.post(fake.url, json=pair, headers=headers, timeout=5).json()
+        detect_url = fake.url.replace("/verify", "/detect")
+        found = requests.post(
+            detect_url, json={"encoded_image": pair["encoded_image2"]}, headers=headers, timeout=5
+        ).json()
+    assert compared["matchedFaces"][0]["matchResult"] == 1
+    assert [face["faceRectangle"] for face in found["faces"]] == [
+        {"x": 400, "y": 105, "width": 165, "height": 190}
+    ]
