@@ -606,20 +606,25 @@ async function runExclusive(task) {
   }
 }
 
+/** What both camera actions check first: the device serial, or null once the person was told
+ * why the camera cannot be used (lid closed, no option key, no serial). */
+async function cameraReady() {
+  const blocker = await snapshotBlocker();
+  if (blocker) {
+    await alert(blocker);
+    return null;
+  }
+  const serial = await readSerial();
+  if (serial === null) await alert(MESSAGES.noSerial);
+  return serial;
+}
+
 function login() {
   return runExclusive(async () => {
     if (state.unlocked) return;
     const mine = generation;
-    const blocker = await snapshotBlocker();
-    if (blocker) {
-      await alert(blocker);
-      return;
-    }
-    const serial = await readSerial();
-    if (serial === null) {
-      await alert(MESSAGES.noSerial);
-      return;
-    }
+    const serial = await cameraReady();
+    if (serial === null) return;
     const nonce = makeNonce();
     startProgress(MESSAGES.look);
     const answer = await post('/v1/verify', { serial, nonce });
@@ -673,16 +678,8 @@ function enroll(text) {
       await alert(MESSAGES.badName);
       return;
     }
-    const blocker = await snapshotBlocker();
-    if (blocker) {
-      await alert(blocker);
-      return;
-    }
-    const serial = await readSerial();
-    if (serial === null) {
-      await alert(MESSAGES.noSerial);
-      return;
-    }
+    const serial = await cameraReady();
+    if (serial === null) return;
     startProgress(MESSAGES.look);
     const answer = await post('/v1/enroll', { serial, person });
     stopProgress();

@@ -10,6 +10,8 @@ import hmac
 import io
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from requests.adapters import HTTPAdapter
 from connector.auth import token_hash
 from connector.simulator import DeviceSimulator
 from connector.store import Store
-from demo.stack import SIM_ACCOUNT, SimDevice, Stack
+from demo.photos import write_frames
+from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
+from tests.fakes.webex import FakeWebex
 
 ANSWER_KEYS = {
     "verdict",
@@ -176,3 +180,53 @@ def session_from(source_ip: str) -> requests.Session:
 def write_jpeg(path: Path, image: Image.Image) -> Path:
     image.save(path, "JPEG", quality=90)
     return path
+
+
+@dataclass
+class TwoDevices:
+    """A connector that tells a fake Webex: its own device (room) and a second one (board)."""
+
+    stack: Stack
+    webex: FakeWebex
+    room: SimDevice
+    board: SimDevice
+    frames: dict[str, Path]
+    board_password: str
+
+
+@contextmanager
+def two_devices_with_webex(
+    tmp_path_factory: Any, *, board_toml: str = "", webex_toml: tuple[str, ...] = ()
+) -> Iterator[TwoDevices]:
+    """`board_toml` is added to the board's [[devices]] block, `webex_toml` to [webex]."""
+    frames = write_frames(tmp_path_factory.mktemp("frames"))
+    password = secrets.token_urlsafe(18)
+    board_sim = DeviceSimulator({SIM_ACCOUNT: password}, frames["grace_hopper"]).start()
+    board = extra_device("XBOARD", sim=board_sim, password_ref="env:BOARD_PASSWORD")
+    webex = FakeWebex().start()
+    stack = None
+    try:
+        stack = start_stack(
+            tmp_path_factory.mktemp("stack"),
+            images=frames["grace_hopper"],
+            devices=1,
+            in_process=True,
+            extra_toml="\n".join(
+                [
+                    "",
+                    board.toml + board_toml,
+                    "[webex]",
+                    'bot_token = "env:WEBEX_BOT_TOKEN"',
+                    *webex_toml,
+                    f'api_url = "{webex.api_url}"',
+                    "",
+                ]
+            ),
+            connector_env={"BOARD_PASSWORD": password, "WEBEX_BOT_TOKEN": webex.token},
+        )
+        yield TwoDevices(stack, webex, stack.devices[0], board.device, frames, password)
+    finally:
+        if stack is not None:
+            stack.stop()
+        webex.close()
+        board_sim.close()

@@ -11,7 +11,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -22,11 +21,13 @@ from connector.config import load_config
 from connector.health import CachedCheck
 from connector.metrics import STAGE_BUCKETS_S
 from connector.runtime import build_runtime
-from connector.simulator import DeviceSimulator
-from demo.photos import write_frames
-from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
-from tests.connector_e2e import enroll, extra_device, fresh_nonce
-from tests.fakes.webex import FakeWebex
+from demo.stack import SimDevice
+from tests.connector_e2e import (
+    TwoDevices,
+    enroll,
+    fresh_nonce,
+    two_devices_with_webex,
+)
 from tests.procs import free_port
 
 GRACE = "Grace Hopper"
@@ -127,14 +128,7 @@ def test_each_app_has_its_own_registry(lone_app, tmp_path):
 
 
 @dataclass
-class World:
-    stack: Stack
-    webex: FakeWebex
-    room: SimDevice
-    board: SimDevice
-    frames: dict[str, Path]
-    board_password: str
-
+class World(TwoDevices):
     def get(self, path: str) -> requests.Response:
         url = self.stack.connector_url + path
         return requests.get(url, verify=str(self.stack.ca_path), timeout=10)
@@ -154,37 +148,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Iterator[World]:
-    frames = write_frames(tmp_path_factory.mktemp("frames"))
-    password = secrets.token_urlsafe(18)
-    board_sim = DeviceSimulator({SIM_ACCOUNT: password}, frames["grace_hopper"]).start()
-    board = extra_device("XBOARD", sim=board_sim, password_ref="env:BOARD_PASSWORD")
-    webex = FakeWebex().start()
-    stack = None
-    try:
-        stack = start_stack(
-            tmp_path_factory.mktemp("stack"),
-            images=frames["grace_hopper"],
-            devices=1,
-            in_process=True,
-            extra_toml="\n".join(
-                [
-                    "",
-                    board.toml,
-                    "[webex]",
-                    'bot_token = "env:WEBEX_BOT_TOKEN"',
-                    'room_id = "ROOM"',
-                    f'api_url = "{webex.api_url}"',
-                    "",
-                ]
-            ),
-            connector_env={"BOARD_PASSWORD": password, "WEBEX_BOT_TOKEN": webex.token},
-        )
-        yield World(stack, webex, stack.devices[0], board.device, frames, password)
-    finally:
-        if stack is not None:
-            stack.stop()
-        webex.close()
-        board_sim.close()
+    with two_devices_with_webex(tmp_path_factory, webex_toml=('room_id = "ROOM"',)) as two:
+        yield World(**vars(two))
 
 
 def test_metrics_count_a_scripted_sequence_of_logins(world):

@@ -13,18 +13,21 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.config import load_config
 from connector.notify import Attempt, Notifier
-from connector.simulator import DeviceSimulator
 from connector.webex import MESSAGE_MAX_BYTES, Event, WebexClient, WebexMessage, fit, markdown
-from demo.photos import write_frames
-from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
-from tests.connector_e2e import enroll, extra_device, fresh_nonce, image_size
+from demo.stack import SimDevice
+from tests.connector_e2e import (
+    TwoDevices,
+    enroll,
+    fresh_nonce,
+    image_size,
+    two_devices_with_webex,
+)
 from tests.fakes.webex import FakeWebex, Reply
 from tests.procs import free_port
 
@@ -296,13 +299,7 @@ def test_a_device_may_have_its_own_room_and_the_api_url_is_checked(tmp_path):
 
 
 @dataclass
-class World:
-    stack: Stack
-    webex: FakeWebex
-    room: SimDevice  # the stack's device: default room, no display name
-    board: SimDevice  # named, with its own room
-    frames: dict[str, Path]
-
+class World(TwoDevices):
     def verify(self, device: SimDevice) -> tuple[dict, str, float]:
         """(answer, request id, seconds it took)."""
         started = time.monotonic()
@@ -315,39 +312,12 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Iterator[World]:
-    frames = write_frames(tmp_path_factory.mktemp("frames"))
-    password = secrets.token_urlsafe(18)
-    board_sim = DeviceSimulator({SIM_ACCOUNT: password}, frames["grace_hopper"]).start()
-    board = extra_device("XBOARD", sim=board_sim, password_ref="env:BOARD_PASSWORD")
-    webex = FakeWebex().start()
-    stack = None
-    try:
-        stack = start_stack(
-            tmp_path_factory.mktemp("stack"),
-            images=frames["grace_hopper"],
-            devices=1,
-            in_process=True,
-            extra_toml="\n".join(
-                [
-                    "",
-                    board.toml + 'name = "Board Room [east]"\nwebex_room_id = "ROOM-B"\n',
-                    "[webex]",
-                    'bot_token = "env:WEBEX_BOT_TOKEN"',
-                    'room_id = "ROOM-A"',
-                    'events = "all"',
-                    "attach_snapshots = true",
-                    f'api_url = "{webex.api_url}"',
-                    "",
-                ]
-            ),
-            connector_env={"BOARD_PASSWORD": password, "WEBEX_BOT_TOKEN": webex.token},
-        )
-        yield World(stack, webex, stack.devices[0], board.device, frames)
-    finally:
-        if stack is not None:
-            stack.stop()
-        webex.close()
-        board_sim.close()
+    with two_devices_with_webex(
+        tmp_path_factory,
+        board_toml='name = "Board Room [east]"\nwebex_room_id = "ROOM-B"\n',
+        webex_toml=('room_id = "ROOM-A"', 'events = "all"', "attach_snapshots = true"),
+    ) as two:
+        yield World(**vars(two))
 
 
 def test_every_event_reaches_the_devices_room_with_device_person_outcome_and_time(world):
