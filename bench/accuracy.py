@@ -12,7 +12,7 @@ face); the pairs are then cheap. Two modes:
 A photo where no usable face is found counts honestly: as a probe it is a failure to acquire,
 as a reference a failure to enrol; every genuine attempt that needed it counts as rejected.
 
-    .venv/bin/python bench/accuracy.py --dataset ../shared/faces \
+    .venv/bin/python -m bench.accuracy --dataset ../shared/faces \
         --out bench/results/accuracy.json --plot docs/accuracy.png
 """
 

@@ -5,7 +5,7 @@ matplotlib's grace_hopper.jpg; the references are face crops (at most 512 px, as
 stores them) of that photo and of skimage's astronaut. The references are described once, then
 every timed verify finds them in the descriptor cache, as a device's repeated logins do.
 
-    .venv/bin/python bench/local_engine.py --out bench/results/local_engine.json
+    .venv/bin/python -m bench.local_engine --out bench/results/local_engine.json
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from faceverify.engines.local import LocalEngine
 from faceverify.images import EncodedImage, parse_image
 from PIL import Image
 from skimage import data
+
+from bench.function_overhead import percentile
 
 TARGETS = {"p50_1_ref_ms": 250.0, "p50_10_refs_ms": 300.0, "rss_mb": 700.0}
 PROBE_FACE_PX = 250
@@ -67,11 +69,6 @@ def references(count: int) -> list[Reference]:
     return refs
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
-
-
 def timed_verify(engine: LocalEngine, probe: EncodedImage, refs: list[Reference], n: int) -> dict:
     threshold = engine.default_threshold()
     result = engine.verify(probe, refs, threshold, Deadline(60))  # fills the cache
@@ -83,7 +80,7 @@ def timed_verify(engine: LocalEngine, probe: EncodedImage, refs: list[Reference]
         times.append((time.perf_counter() - started) * 1000)
     return {
         "p50_ms": round(statistics.median(times), 1),
-        "p95_ms": round(percentile(times, 0.95), 1),
+        "p95_ms": round(percentile(times, 95), 1),
         "min_ms": round(min(times), 1),
         "runs": n,
         "score": round(result.score, 4),
@@ -112,7 +109,7 @@ def concurrent_verify(engine: LocalEngine, probe: EncodedImage, refs: list[Refer
     return {
         "callers": 2,
         "p50_ms": round(statistics.median(times), 1),
-        "p95_ms": round(percentile(times, 0.95), 1),
+        "p95_ms": round(percentile(times, 95), 1),
         "verifies_per_s": round(len(times) / wall, 2),
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 from . import validation
 from .config import add_device, load_config, remove_device
 from .device import TlsPolicy
-from .enrollment import enroll_image
+from .enrollment import audit_enrollment, enroll_image
 from .runtime import build_runtime
 
 
@@ -102,14 +102,7 @@ def run(args: argparse.Namespace, config_path: str) -> int:
             person = validation.person(args.person)
             request_id = uuid.uuid4().hex
             outcome = enroll_image(rt, serial, person, data, request_id, only_if_empty=False)
-            rt.audit(
-                request_id,
-                serial,
-                "enroll",
-                outcome=outcome.result,
-                code=outcome.code,
-                person=person,
-            )
+            audit_enrollment(rt, request_id, serial, person, outcome)
             print(f"{outcome.result}: {outcome.message}")
             return 0 if outcome.result == "enrolled" else 1
         elif command == "people":

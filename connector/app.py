@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 
 from . import validation
 from .auth import authenticate, bearer_token
-from .enrollment import enroll, enroll_event
+from .enrollment import audit_enrollment, enroll, enroll_event
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .runtime import Device, Runtime
 from .signing import signature
@@ -137,14 +137,7 @@ def create_app(rt: Runtime) -> Flask:
         device, _ = device_for(body.get("serial"))
         person = validation.person(body.get("person"))
         outcome = enroll(rt, device, person, g.request_id)
-        rt.audit(
-            g.request_id,
-            device.serial,
-            "enroll",
-            outcome=outcome.result,
-            code=outcome.code,
-            person=person,
-        )
+        audit_enrollment(rt, g.request_id, device.serial, person, outcome)
         rt.metrics.enrollment(outcome.result, outcome.code)
         rt.notify(enroll_event(device, outcome, g.request_id))
         return _json(

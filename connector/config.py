@@ -14,7 +14,8 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `function.url` | required | the comparison function's URL (https; http only on loopback) |
 | `function.auth` | `"google-id-token"` | `"google-id-token"` or `"none"` |
 | `function.audience` | `function.url` | audience of the Google ID token |
-| `function.credentials_file` | none | service-account key file; none = application default |
+| `function.credentials_file` | none | key file (any credential file if impersonating); none = ADC |
+| `function.impersonate_service_account` | none | service account whose ID tokens IAM mints (WIF) |
 | `function.timeout_s` | `10` | time allowed for one call to the function |
 | `store.path` | required | the SQLite database, e.g. `/var/lib/faceid/faceid.db` |
 | `store.key` | required | secret reference to 32 bytes (64 hex characters or base64) |
@@ -83,6 +84,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SERVICE_ACCOUNT_RE = re.compile(
+    r"^[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.:-]{0,200}\.gserviceaccount\.com$"
+)
 STORE_KEY_BYTES = 32
 
 
@@ -103,6 +107,7 @@ class FunctionConfig:
     audience: str = ""  # always set by the parser (the URL unless given)
     credentials_file: str | None = None
     timeout_s: float = 10.0
+    impersonate_service_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -345,14 +350,25 @@ def _function(t: _Table) -> FunctionConfig:
     url = _https_url(t, "url")
     auth = t.choice("auth", "google-id-token", AUTH_MODES)
     credentials = t.path("credentials_file", None)
-    if auth == "none" and credentials is not None:
-        raise _Bad('function.credentials_file is set but function.auth is "none"')
+    impersonate = t.string("impersonate_service_account", None)
+    for key, value in (
+        ("credentials_file", credentials),
+        ("impersonate_service_account", impersonate),
+    ):
+        if auth == "none" and value is not None:
+            raise _Bad(f'{t.field(key)} is set but function.auth is "none"')
+    if impersonate is not None and not SERVICE_ACCOUNT_RE.match(impersonate):
+        raise _Bad(
+            f"{t.field('impersonate_service_account')} must be a service-account email, "
+            "e.g. faceid-connector@PROJECT.iam.gserviceaccount.com"
+        )
     config = FunctionConfig(
         url=url,
         auth=auth,
         audience=t.string("audience", url),
         credentials_file=credentials,
         timeout_s=t.number("timeout_s", 10.0, 0.5, 60.0),
+        impersonate_service_account=impersonate,
     )
     t.done()
     return config

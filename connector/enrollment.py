@@ -10,6 +10,7 @@ from faceverify.errors import FaceIdError
 from .faces import crop_face, downscale_jpeg
 from .messages import screen_message
 from .runtime import Device, Runtime
+from .store import AuditEntry
 from .verification import log_failure
 from .webex import Event
 
@@ -53,8 +54,25 @@ def enroll_image(
         max_references_per_person=policy.max_references_per_person,
         max_people=policy.max_people_per_device,
         only_if_empty=only_if_empty,
+        # In the same transaction: a crash cannot leave a photo nobody can account for.
+        audit=AuditEntry("enroll", "enrolled", serial=serial, request_id=request_id, person=person),
     )
     return EnrollOutcome("enrolled", None, person)
+
+
+def audit_enrollment(
+    rt: Runtime, request_id: str, serial: str, person: str, outcome: EnrollOutcome
+) -> None:
+    """Log every enrollment; record the ones the store has not already recorded with the photo."""
+    rt.audit(
+        request_id,
+        serial,
+        "enroll",
+        recorded=outcome.result == "enrolled",
+        outcome=outcome.result,
+        code=outcome.code,
+        person=person,
+    )
 
 
 def _enroll(rt: Runtime, device: Device, person: str, request_id: str) -> EnrollOutcome:

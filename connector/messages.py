@@ -17,6 +17,7 @@ SCREEN_MESSAGES: dict[str, str] = {
     "engine_unavailable": "Face comparison is unavailable right now. Try again in a minute.",
     "engine_busy": "Face comparison is busy. Try again in {retry_after_s} seconds.",
     "config_error": "The login service is misconfigured. Contact support.",
+    "store_unavailable": "The login service cannot record logins right now. Contact support.",
     "internal_error": "Face login failed unexpectedly. Try again or contact support.",
     "locked": "Unlock the device with your face first, then update your photo.",
     "several_faces": "More than one face is in view. Only the person enrolling may be in view.",

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http.client import RemoteDisconnected
 from typing import Any
 
 import requests
@@ -22,7 +23,7 @@ from faceverify.errors import FaceIdError
 from faceverify.logs import TRACE_HEADER
 from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .config import FunctionConfig
 from .idtoken import IdTokenSource, engine_unavailable
@@ -63,9 +64,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _refused_before_sending(exc: requests.ConnectionError) -> bool:
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError)
+def _worth_one_retry(exc: requests.ConnectionError) -> bool:
+    """Refused before sending, or a kept-alive connection the server closed just as we reused
+    it (its idle timeout): the comparison stores nothing, so asking again is safe."""
+    cause = exc.args[0] if exc.args else None
+    if isinstance(getattr(cause, "reason", None), NewConnectionError):
+        return True
+    dropped = (RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    return isinstance(cause, ProtocolError) and any(isinstance(a, dropped) for a in cause.args)
 
 
 def _timed_out_reading(exc: requests.ConnectionError) -> bool:
@@ -95,7 +101,11 @@ class FunctionClient:
         self._session.mount("http://", adapter)
         self._tokens = token_source
         if self._tokens is None and config.auth == "google-id-token":
-            self._tokens = IdTokenSource(config.audience, config.credentials_file)
+            self._tokens = IdTokenSource(
+                config.audience,
+                config.credentials_file,
+                impersonate=config.impersonate_service_account,
+            )
 
     def close(self) -> None:
         self._session.close()
@@ -221,7 +231,7 @@ class FunctionClient:
                     raw = _read_limited(response)
                     break
             except requests.ConnectionError as exc:
-                if attempt == 1 and _refused_before_sending(exc):
+                if attempt == 1 and _worth_one_retry(exc):
                     continue
                 if isinstance(exc, requests.Timeout) or _timed_out_reading(exc):
                     raise engine_unavailable(

@@ -58,10 +58,16 @@ class Runtime:
     def log(self, severity: str, message: str, **fields: Any) -> None:
         log(severity, message, component="connector", **fields)
 
-    def audit(self, request_id: str, serial: str, action: str, **fields: Any) -> None:
-        """Record one request; a failing audit write is logged, never turned into an unlock."""
+    def audit(
+        self, request_id: str, serial: str, action: str, *, recorded: bool = False, **fields: Any
+    ) -> None:
+        """Record one request (unless the store `recorded` it with its change) and log it; a
+        failing audit write is logged, never turned into an unlock."""
         try:
-            self.store.record_audit(request_id=request_id, serial=serial, action=action, **fields)
+            if not recorded:
+                self.store.record_audit(
+                    request_id=request_id, serial=serial, action=action, **fields
+                )
         except Exception as exc:
             self.log("ERROR", "audit write failed", error_type=type(exc).__name__, serial=serial)
         self.log(

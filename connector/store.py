@@ -131,6 +131,11 @@ def store_unavailable(message: str) -> FaceIdError:
     return FaceIdError(503, "store_unavailable", message)
 
 
+def _refused(exc: sqlite3.Error) -> FaceIdError:
+    """SQLite's own words (disk full, read-only, locked) name the cause and hold no data."""
+    return store_unavailable(f"the store refused the operation: {exc}")
+
+
 class Store:
     """Thread-safe access to the store; open with Store.open(path, key)."""
 
@@ -141,6 +146,7 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -223,8 +229,19 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: everything inside commits together or not at all."""
+        """One IMMEDIATE transaction: everything inside commits together or not at all. This
+        process's writers queue on a lock: under load, SQLite's busy timeout would otherwise
+        turn a slow turn (threads waiting for the CPU) into "database is locked"; the timeout
+        still covers other processes (the admin commands)."""
         conn = self._conn()
+        try:
+            with self._write_lock:
+                yield from self._transaction(conn)
+        except sqlite3.Error as exc:
+            raise _refused(exc) from None
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -238,12 +255,15 @@ class Store:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One snapshot for several SELECTs."""
         conn = self._conn()
-        conn.execute("BEGIN")
         try:
-            yield conn
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _refused(exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -376,19 +396,17 @@ class Store:
         )
 
     def count_people(self, serial: str) -> int:
-        return self._count_people(self._conn(), serial)
+        with self._read() as conn:
+            return self._count_people(conn, serial)
 
     def people(self, serial: str) -> list[PersonInfo]:
-        rows = (
-            self._conn()
-            .execute(
+        with self._read() as conn:
+            rows = conn.execute(
                 "SELECT p.name, count(r.id), p.created, coalesce(max(r.created), p.created) "
                 "FROM people p LEFT JOIN reference_images r ON r.person_id = p.id "
                 "WHERE p.serial = ? GROUP BY p.id ORDER BY p.name",
                 (serial,),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         return [PersonInfo(*row) for row in rows]
 
     def remove_person(self, serial: str, person: str, *, audit: AuditEntry | None = None) -> bool:
@@ -450,7 +468,8 @@ class Store:
         if serial is not None:
             query += " WHERE serial = ?"
             params = (serial, limit)
-        rows = self._conn().execute(query + " ORDER BY id DESC LIMIT ?", params).fetchall()
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY id DESC LIMIT ?", params).fetchall()
         return [
             AuditEntry(
                 id=row[0],
@@ -470,11 +489,10 @@ class Store:
     # --- lockout and unlocked sessions ----------------------------------------------------
 
     def lockout_state(self, serial: str) -> LockoutState:
-        row = (
-            self._conn()
-            .execute("SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,))
-            .fetchone()
-        )
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
+            ).fetchone()
         return LockoutState() if row is None else LockoutState(row[0], row[1])
 
     def update_lockout(
@@ -516,14 +534,11 @@ class Store:
 
     def unlocked_person(self, serial: str, ttl_s: float, now: float | None = None) -> str | None:
         """Who unlocked the device, while the session is open and younger than ttl_s."""
-        row = (
-            self._conn()
-            .execute(
+        with self._read() as conn:
+            row = conn.execute(
                 "SELECT person, unlocked_at FROM sessions WHERE serial = ? AND ended_at IS NULL",
                 (serial,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         now = time.time() if now is None else now
         if row is None or not 0 <= now - row[1] < ttl_s:
             return None

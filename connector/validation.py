@@ -8,8 +8,9 @@ from typing import Any
 
 from faceverify.errors import bad_request
 
-SERIAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# \A and \Z, not ^ and $: "$" also matches before a final newline ("SIM0000\n").
+SERIAL_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+NONCE_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 PERSON_MAX_LEN = 64
 
 

@@ -79,39 +79,53 @@ def log_failure(rt: Runtime, exc: FaceIdError, request_id: str, serial: str) -> 
         rt.log("WARNING", exc.message, trace=request_id, serial=serial, code=exc.code)
 
 
+def _attempt(
+    rt: Runtime, device: Device, request_id: str, stages: dict[str, float], probes: list[bytes]
+) -> Outcome:
+    """The lockout gate, the comparison and the state it leaves; store errors propagate."""
+    wait = rt.lockout.check(device.serial)
+    if wait > 0:
+        return Outcome("error", "locked_out", retry_after_s=wait)
+    try:
+        outcome = _compare(rt, device, request_id, stages, probes)
+    except FaceIdError as exc:
+        log_failure(rt, exc, request_id, device.serial)
+        return Outcome("error", exc.code, retry_after_s=exc.retry_after)
+    if outcome.verdict == "match":
+        rt.lockout.record_success(device.serial)
+        # Written before the answer says match: a session the store refused is no unlock.
+        rt.store.set_unlocked(device.serial, outcome.person or "")
+        rt.last_match[device.serial] = rt.clock()
+    elif outcome.code in FAILED_ATTEMPT_CODES:
+        wait = rt.lockout.record_failure(device.serial)
+        if wait > 0:
+            outcome.retry_after_s = wait
+            outcome.lockout_started = True
+            rt.log(
+                "WARNING",
+                "device locked out",
+                trace=request_id,
+                serial=device.serial,
+                lockout_s=wait,
+            )
+    return outcome
+
+
 def verify(rt: Runtime, device: Device, request_id: str) -> Outcome:
-    """Run one attempt and update lockout and unlock state; never raises."""
+    """Run one attempt and update lockout and unlock state; never raises. A store that cannot
+    be read or written (disk full, read-only) answers store_unavailable, even after a match:
+    the macro unlocks only what the connector recorded as unlocked."""
     started = time.perf_counter()
     stages: dict[str, float] = {}
     probes: list[bytes] = []
-    wait = rt.lockout.check(device.serial)
-    if wait > 0:
-        outcome = Outcome("error", "locked_out", retry_after_s=wait)
-    else:
-        try:
-            outcome = _compare(rt, device, request_id, stages, probes)
-        except FaceIdError as exc:
-            log_failure(rt, exc, request_id, device.serial)
-            outcome = Outcome("error", exc.code, retry_after_s=exc.retry_after)
-        except Exception as exc:  # fail closed on anything unforeseen
-            rt.log("ERROR", "verify failed unexpectedly", error_type=type(exc).__name__)
-            outcome = Outcome("error", "internal_error")
-        if outcome.verdict == "match":
-            rt.lockout.record_success(device.serial)
-            rt.store.set_unlocked(device.serial, outcome.person or "")
-            rt.last_match[device.serial] = rt.clock()
-        elif outcome.code in FAILED_ATTEMPT_CODES:
-            wait = rt.lockout.record_failure(device.serial)
-            if wait > 0:
-                outcome.retry_after_s = wait
-                outcome.lockout_started = True
-                rt.log(
-                    "WARNING",
-                    "device locked out",
-                    trace=request_id,
-                    serial=device.serial,
-                    lockout_s=wait,
-                )
+    try:
+        outcome = _attempt(rt, device, request_id, stages, probes)
+    except FaceIdError as exc:  # the store's: disk full, read-only, closed, damaged
+        log_failure(rt, exc, request_id, device.serial)
+        outcome = Outcome("error", exc.code)
+    except Exception as exc:  # fail closed on anything unforeseen
+        rt.log("ERROR", "verify failed unexpectedly", error_type=type(exc).__name__)
+        outcome = Outcome("error", "internal_error")
     stages["total"] = _ms(started)
     outcome.stages_ms = stages
     outcome.probe = probes[0] if probes else None

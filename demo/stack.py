@@ -26,6 +26,7 @@ from connector.auth import token_hash
 from connector.simulator import DeviceSimulator
 from connector.tls import self_signed_identity
 from tests.procs import ServerProcess, free_port, start_function, start_module
+from tests.secrets_used import register as register_secret
 
 SIM_ACCOUNT = "faceid-connector"
 
@@ -40,6 +41,9 @@ class SimDevice:
     control_token: str
     ca_path: str
     simulator: DeviceSimulator | None = None
+
+    def __post_init__(self) -> None:
+        register_secret("device token", self.token)  # the test run's leak scan looks for it
 
     def control(self, **switches: Any) -> dict[str, Any]:
         """Flip simulator switches (images=PATH, black=True, no_option_key=True, slow_s=...)."""
@@ -100,18 +104,21 @@ class Stack:
 
     def admin(self, *args: str) -> tuple[int, str]:
         """Run `python -m connector --config ... admin ARGS` with the connector's environment."""
-        import subprocess
-        import sys
-
-        done = subprocess.run(
+        command = ServerProcess(
             [sys.executable, "-m", "connector", "--config", str(self.config_path), "admin", *args],
             env=self.connector.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return done.returncode, done.stdout + done.stderr
+        ).start()
+        code = command.wait(120)
+        return code, command.stdout() + command.stderr()
+
+    def restart_connector(self, log_name: str) -> None:
+        """Start the connector again as a supervisor would (same command, environment,
+        configuration and store) once the old one is gone; its output goes to
+        WORKDIR/LOG_NAME.*.log."""
+        old = self.connector
+        new = ServerProcess(old.argv, env=old.env, url=old.url, log_prefix=self.workdir / log_name)
+        self.connector = new.start()
+        _wait_https(new, f"{self.connector_url}/healthz", self.ca_path)
 
     def processes(self) -> dict[str, ServerProcess]:
         """Every process this stack started, by name (a shared simulator process appears once)."""
@@ -257,8 +264,11 @@ def start_stack(
 
         cert, key = self_signed_identity(["127.0.0.1", "localhost"])
         (workdir / "connector.crt").write_bytes(cert)
+        register_secret("connector TLS private key", key)
         _write_private(workdir / "connector.key", key)
-        _write_private(workdir / "store.key", base64.b64encode(secrets.token_bytes(32)))
+        store_key = secrets.token_bytes(32)
+        register_secret("store key", store_key)
+        _write_private(workdir / "store.key", base64.b64encode(store_key))
         port = free_port()
         config_path = workdir / "faceid.toml"
         config_path.write_text(

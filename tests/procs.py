@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -26,10 +26,14 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: functions-framework, gunicorn, ...
 _running: set[ServerProcess] = set()  # stopped at exit if a caller forgot
+#: Called as `watcher(event, server)` when a process has started ("start") and when its output is
+#: final ("stop"): the test run registers the secrets it hands over and reads what it printed.
+watchers: list[Callable[[str, ServerProcess], None]] = []
 
 
 @atexit.register
-def _stop_leftovers() -> None:
+def stop_all() -> None:
+    """Stop every process still running (callers that forgot to)."""
     for server in list(_running):
         server.stop()
 
@@ -100,6 +104,8 @@ class ServerProcess:
             start_new_session=True,  # its own group: stop() reaches gunicorn's workers too
         )
         _running.add(self)
+        for watcher in watchers:
+            watcher("start", self)
         return self
 
     def _read(self, name: str) -> str:
@@ -170,10 +176,22 @@ class ServerProcess:
                 self.proc.wait()
             except ProcessLookupError:
                 pass
-        for name, handle in self._files.items():
-            self._final[name] = self._read(name)
-            handle.close()
-        self._files.clear()
+        if self._files:  # the first stop: the output is final now
+            for name, handle in self._files.items():
+                self._final[name] = self._read(name)
+                handle.close()
+            self._files.clear()
+            for watcher in watchers:
+                watcher("stop", self)
+        return self.proc.returncode
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait until it exits by itself (a command rather than a server); stopped on timeout."""
+        assert self.proc is not None, "start() first"
+        try:
+            self.proc.wait(timeout_s)
+        finally:
+            self.stop()
         return self.proc.returncode
 
     def detach(self) -> None:

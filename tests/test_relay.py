@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,82 +18,11 @@ from faceverify.errors import FaceIdError
 from connector.config import FunctionConfig
 from connector.idtoken import IdTokenSource
 from connector.relay import FunctionClient
+from tests.fakes.function import PROBE, REFS, FakeFunction, Reply, json_reply, match_answer
 from tests.fakes.google_token import FakeGoogleTokenServer, ServiceAccountKey
 from tests.procs import free_port
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
-PROBE = b"\xff\xd8\xff probe"
-REFS = [("r0", b"\xff\xd8\xff alice"), ("r1", b"\xff\xd8\xff bob")]
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return (
-        status,
-        {"Content-Type": "application/json", **(headers or {})},
-        json.dumps(body).encode(),
-    )
-
-
-def match_answer(matched: str = "r1", **extra: Any) -> dict[str, Any]:
-    return {
-        "verdict": "match",
-        "matched_id": matched,
-        "score": 0.71,
-        "threshold": 0.55,
-        "engine": "local",
-        "faces_in_probe": 1,
-        "elapsed_ms": 143.2,
-        **extra,
-    }
-
-
-class FakeFunction:
-    """Records every request; `reply(path, headers, body)` decides the answer."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str], Any]] = []
-        self.reply: Callable[[str, dict[str, str], Any], Reply] = lambda *_: json_reply(
-            match_answer()
-        )
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                body = json.loads(raw)
-                with fake._lock:
-                    fake.seen.append((self.path, headers, body))
-                status, reply_headers, data = fake.reply(self.path, headers, body)
-                try:
-                    self.send_response(status)
-                    for name, value in reply_headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (the timeout tests)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.handle_error = lambda *_: None  # type: ignore[method-assign]  # client resets
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -412,6 +342,51 @@ def test_an_unreachable_function_is_engine_unavailable():
     client = FunctionClient(FunctionConfig(url=url, auth="none", audience=url))
     error = error_of(lambda: client.verify(PROBE, REFS))
     assert error.code == "engine_unavailable" and "unreachable" in error.message
+
+
+def test_a_kept_alive_connection_the_function_drops_is_asked_again_once_on_a_new_one():
+    """The second request on a reused connection meets a close without an answer (a server's
+    idle timeout racing the reuse); the client asks again on a fresh connection."""
+    answer = json.dumps(match_answer()).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(answer),
+        answer,
+    )
+    connections: list[int] = []  # requests read on each accepted connection
+
+    def serve(listener: socket.socket) -> None:
+        for number in range(2):
+            conn, _ = listener.accept()
+            connections.append(0)
+            with conn, conn.makefile("rb") as stream:
+                while headers := _read_headers(stream):
+                    length = re.search(rb"(?i)content-length: *(\d+)", headers)
+                    stream.read(int(length.group(1)) if length else 0)
+                    connections[number] += 1
+                    if number == 0 and connections[0] == 2:
+                        break  # dropped without an answer
+                    conn.sendall(reply)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = FunctionClient(FunctionConfig(url=url, auth="none", audience=url))
+        assert client.verify(PROBE, REFS).matched_id == "r1"
+        assert client.verify(PROBE, REFS).matched_id == "r1"
+    assert connections == [2, 1]
+
+
+def _read_headers(stream: Any) -> bytes:
+    """One request's head, or b"" once the client has closed the connection."""
+    headers = b""
+    while not headers.endswith(b"\r\n\r\n"):
+        line = stream.readline()
+        if not line:
+            return b""
+        headers += line
+    return headers
 
 
 def test_too_many_references_are_refused_before_sending(function, plain_client):

@@ -18,7 +18,7 @@ LOCAL_THRESHOLD = 0.50
 class Settings:
     engine: str = "local"
     max_request_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 16_000_000  # a 16 MP photo; the connector sends at most 1024 px
     upstream_timeout_s: float = 10.0
     mxface_api_url: str = MXFACE_VERIFY_URL
     mxface_min_confidence: float = 60.0
@@ -71,7 +71,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         engine=engine,
         max_request_bytes=_integer(env, "MAX_REQUEST_BYTES", 10 * 1024 * 1024, 1024, 32 * 1024**2),
-        max_image_pixels=_integer(env, "MAX_IMAGE_PIXELS", 40_000_000, 10_000, 200_000_000),
+        max_image_pixels=_integer(env, "MAX_IMAGE_PIXELS", 16_000_000, 10_000, 200_000_000),
         upstream_timeout_s=_number(env, "UPSTREAM_TIMEOUT_S", 10.0, 0.1, 60.0),
         mxface_api_url=url,
         mxface_min_confidence=_number(env, "MXFACE_MIN_CONFIDENCE", 60.0, 0.0, 100.0),

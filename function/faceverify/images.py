@@ -17,6 +17,9 @@ from .errors import bad_request, invalid_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: A PNG's last chunk, always these 12 bytes (length 0, type, CRC). The decoder stops once it has
+#: every row, so a PNG cut after its pixel data would otherwise decode as if complete.
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 VERIFIED_CACHE_SIZE = 64
 
 # SHA-256 of a verified reference's base64 -> (format, width, height): keeps no image.
@@ -52,6 +55,10 @@ def decode_base64(text: object, field: str) -> tuple[bytes, str]:
         _, _, text = text.partition(",")
         if not text:
             raise bad_request(f"'{field}' has a data: prefix but no base64 after it")
+    # b64decode(validate=True) also takes padding after a complete quantum ("QUJD=", "QUJD===="),
+    # which RFC 4648 refuses; and this very text is what MXFace gets.
+    if len(text) % 4 or text.endswith("==="):
+        raise bad_request(f"'{field}' is not valid base64")
     try:
         return base64.b64decode(text, validate=True), text
     except (binascii.Error, ValueError):
@@ -63,6 +70,8 @@ def open_checked(data: bytes, field: str, max_pixels: int) -> Image.Image:
     fmt = sniff_format(data)
     if fmt is None:
         raise invalid_image(f"'{field}' is not a JPEG or PNG image")
+    if fmt == "png" and not data.endswith(PNG_END):
+        raise invalid_image(f"'{field}' is a truncated PNG image (it does not end with IEND)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

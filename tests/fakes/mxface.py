@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.secrets_used import register
+
 VERIFY_PATH = "/api/v3/face/verify"
 DETECT_PATH = "/api/v3/face/detect"
 STATS_PATH = "/_fake/stats"
@@ -181,6 +183,16 @@ class FakeMXFace:
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    @property
+    def key(self) -> str:
+        """The one Subscriptionkey accepted."""
+        return self._key
+
+    @key.setter
+    def key(self, value: str) -> None:
+        register("MXFace key (FakeMXFace)", value)
+        self._key = value
 
     # -- lifecycle ---------------------------------------------------------------------
     @property

@@ -21,6 +21,8 @@ import google_crc32c
 import grpc
 from google.cloud.secretmanager_v1.types import resources, service
 
+from tests.secrets_used import register
+
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
 VERSION_RE = re.compile(r"^(projects/[^/]+/secrets/[^/]+)/versions/([^/]+)$")
 STATES = ("ENABLED", "DISABLED", "DESTROYED")
@@ -106,6 +108,7 @@ class FakeSecretManager:
         """Add a version to `projects/P/secrets/S` (created if needed); returns its full name.
         It becomes what `.../versions/latest` reads."""
         payload = data.encode() if isinstance(data, str) else data
+        register("Secret Manager payload (FakeSecretManager)", payload)
         with self._lock:
             entry = self._secrets.setdefault(secret, _Secret())
             number = max(entry.versions, default=0) + 1

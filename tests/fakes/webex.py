@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.secrets_used import register
+
 MESSAGES_PATH = "/v1/messages"
 MAX_TEXT_BYTES = 7439
 HANG_LIMIT_S = 60.0
@@ -92,6 +94,7 @@ def _parse_multipart(
 class FakeWebex:
     def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_urlsafe(32)
+        register("Webex bot token (FakeWebex)", self.token)
         self.requests: list[Received] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Condition()

@@ -1,0 +1,173 @@
+"""Whole-run check that no secret the tests used reached a log (tests/secrets_used.py).
+
+Read: the stdout and stderr of every child process started through tests/procs.py (when its
+output is final), what pytest captured of every test phase (stdout, stderr, logging) and the
+failure report, and at the end every log file under the run's base temporary directory, against
+all secrets registered by then. A leak fails the test phase during which it was printed (the
+captured text pytest shows is redacted), or the run when it is found at the end. The run also
+fails when a child process went unread, or when many ran and hardly a line was read from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.simulator import DeviceSimulator
+from tests import procs
+from tests.secrets_used import (
+    TALLY,
+    Finding,
+    redact,
+    register,
+    register_environment,
+    registered,
+)
+
+LOG_SUFFIXES = {".log", ".jsonl"}
+# Every server here prints a few lines at least (its URL, its access log); with this many of
+# them, fewer lines than processes means their output was not collected. A targeted run with
+# few processes may have only silent ones.
+PLAUSIBLE_FROM = 5
+ENV_AT_START = dict(os.environ)
+_read_files: dict[Path, int] = {}  # process log file -> registry size when it was scanned
+_end: dict[str, Any] = {"basetemp": None, "problems": []}
+
+
+def process_name(server: procs.ServerProcess) -> str:
+    """What a finding calls a child process: its log name, else its command, and its pid."""
+    program, *args = server.argv
+    if server.log_prefix is not None:
+        name = Path(server.log_prefix).name
+    elif args[:1] == ["-m"]:
+        name = f"python -m {args[1]}"
+    else:  # no more of the command line: a test may pass a secret on it
+        name = Path(program).name
+    return f"{name} (pid {server.pid})"
+
+
+def _watch(event: str, server: procs.ServerProcess) -> None:
+    if event == "start":
+        register_environment(server.env, ENV_AT_START)
+        TALLY.process_started()
+        return
+    findings: list[Finding] = []
+    for stream, text in (("stdout", server.stdout()), ("stderr", server.stderr())):
+        size = registered()
+        findings += TALLY.read("child processes", f"{process_name(server)} {stream}", text)
+        if server.log_prefix is not None:  # read again at the end, for later secrets only
+            _read_files[Path(f"{server.log_prefix}.{stream}.log").resolve()] = size
+    TALLY.process_read(findings)
+
+
+def _register_simulator_accounts() -> None:
+    """In-process device simulators get their account passwords straight from the tests."""
+    original = DeviceSimulator.__init__
+
+    @functools.wraps(original)
+    def init(self: DeviceSimulator, accounts: Any, *args: Any, **kwargs: Any) -> None:
+        for password in dict(accounts).values():
+            register("device password (DeviceSimulator account)", password)
+        original(self, accounts, *args, **kwargs)
+
+    DeviceSimulator.__init__ = init  # type: ignore[method-assign]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    procs.watchers.append(_watch)
+    _register_simulator_accounts()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _leak_scan_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _end["basetemp"] = tmp_path_factory.getbasetemp()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    register_environment(os.environ, ENV_AT_START)  # monkeypatch.setenv for in-process code
+    findings = TALLY.take_pending()  # from child processes that stopped during this phase
+    for index, (title, content) in enumerate(report.sections):
+        if title.startswith("Captured ") and title.endswith(f" {call.when}"):
+            found = TALLY.read("test output", f"{title.lower()} of {item.nodeid}", content)
+            if found:
+                findings += found
+                report.sections[index] = (title, redact(content))
+    if report.failed:
+        failure = str(report.longrepr)
+        found = TALLY.read("failure reports", f"failure report of {item.nodeid}", failure)
+        if found:
+            findings += found
+            report.longrepr = redact(failure)
+    if findings:
+        _fail(report, f"{item.nodeid} ({call.when})", findings)
+    return report
+
+
+def _fail(report: pytest.TestReport, where: str, findings: list[Finding]) -> None:
+    text = "\n".join(
+        [f"secret leak scan: {len(findings)} secret(s) in what {where} printed:"]
+        + [f"  {finding}" for finding in findings]
+    )
+    if report.failed and report.longrepr is not None:
+        report.sections.append(("secret leak scan", text))
+    else:
+        report.longrepr = text
+    report.outcome = "failed"
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail
+
+
+def _scan_log_files(basetemp: Path) -> list[Finding]:
+    findings: list[Finding] = []
+    for path in sorted(basetemp.rglob("*")):
+        if path.suffix not in LOG_SUFFIXES or not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", "replace")
+        since = _read_files.get(path.resolve())
+        name = str(path.relative_to(basetemp))
+        if since is None:
+            findings += TALLY.read("log files", name, text)
+        else:  # its process's output: only secrets registered since then are news
+            findings += TALLY.read("log files", name, text, since=since, shapes=False)
+    return findings
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    procs.stop_all()  # a process a test forgot: its output counts too
+    findings = TALLY.take_pending()
+    if _end["basetemp"] is not None:
+        findings += _scan_log_files(_end["basetemp"])
+    problems = [f"  {finding}" for finding in findings]
+    if TALLY.scanned < TALLY.started:
+        problems.append(f"  {TALLY.started - TALLY.scanned} child process(es) never read")
+    process_lines = TALLY.lines.get("child processes", 0)
+    if TALLY.started >= PLAUSIBLE_FROM and process_lines < TALLY.started:
+        problems.append(
+            f"  {TALLY.started} child processes but {process_lines} lines read from them"
+        )
+    _end["problems"] = problems
+    if problems:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    read = ", ".join(f"{where} {count}" for where, count in sorted(TALLY.lines.items()))
+    summary = (
+        f"secret leak scan: {registered()} secret forms registered, {TALLY.started} child "
+        f"processes; lines read: {read or 'none'}"
+    )
+    problems = _end["problems"]
+    if not problems:
+        terminalreporter.write_line(summary + "; no leak")
+        return
+    terminalreporter.write_sep("=", "secret leak scan failed", red=True)
+    terminalreporter.write_line(summary)
+    for line in problems:
+        terminalreporter.write_line(line, red=True)
+    terminalreporter.stats.setdefault("secret leak scan problem(s)", []).extend(problems)

@@ -1,0 +1,509 @@
+"""Property-based tests of the connector's input checks (docs/api.md §2): first the rules of
+connector/validation.py on their own, then the real connector process (HTTPS, gunicorn) with a
+simulated device. Invalid input of any shape gets a 4xx with a stable code before the device is
+contacted, never a match, and no serial or name ever becomes a file.
+
+Failing examples never show the device token: strategies choose *which* credentials to send
+("right", "wrong", ...) and the test fills the token in."""
+
+from __future__ import annotations
+
+import json
+import string
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from faceverify.errors import FaceIdError
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from connector import validation
+from demo.photos import write_frames
+from demo.stack import Stack, start_stack
+from tests.connector_e2e import enroll, fresh_nonce, open_store, status, verify
+from tests.procs import REPO
+from tests.test_function_contract import json_values
+
+DEVICE = "SIM0000"  # the serial start_stack gives its first device
+ALLOWED = frozenset(string.ascii_letters + string.digits + "_-")
+MAX_BODY = 65536  # server.max_body_bytes, its default
+CANARY = "faceid-fuzz-canary"
+#: Where a name or serial that escaped into a path would most likely land.
+CANARY_PLACES = [Path("/"), Path("/tmp"), REPO, Path.home()]
+#: Pieces of hostile text: traversal, absolute paths, control characters, Unicode tricks
+#: (direction overrides, zero-width and line separators, lookalike slashes and letters).
+NASTY = [
+    "../",
+    "..\\",
+    "/",
+    "\\",
+    "..",
+    f"/tmp/{CANARY}",
+    f"../../../../{CANARY}",
+    "C:\\Windows\\",
+    "\x00",
+    "\n",
+    "\r\n",
+    "\t",
+    "\x1b[2J",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\u00a0",
+    "%2e%2e%2f",
+    "..\uff0f",
+    "\u2215",
+    "\u2044",
+    "\uff33\uff29\uff2d",  # fullwidth SIM
+    "\u0421",  # Cyrillic Es, looks like C
+    "\u0663",  # Arabic-Indic digit three
+    "~",
+    "$HOME",
+    "*",
+    " ",
+    CANARY,
+]
+SURROGATE = "\ud800"  # valid JSON ("\ud800"), not encodable text
+
+
+def fuzz(examples: int) -> settings:
+    """Reproducible runs: the same examples every time, nothing remembered between runs.
+    `no_file_appears` is function-scoped on purpose: it checks once around all the examples."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+
+
+# -- the documented rules (docs/api.md §2 "Validation"), written out independently -------------
+
+
+def documented_serial(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 64 and set(value) <= ALLOWED
+
+
+def documented_nonce(value: Any) -> bool:
+    return isinstance(value, str) and 16 <= len(value) <= 64 and set(value) <= ALLOWED
+
+
+def documented_person(value: Any) -> str | None:
+    """The stored name: 1-64 printable characters, none of them / or \\, surrounding spaces
+    trimmed (compared in Unicode NFC form, the form names are kept in); None when refused."""
+    if not isinstance(value, str):
+        return None
+    name = unicodedata.normalize("NFC", value).strip()
+    if 1 <= len(name) <= 64 and all(ch.isprintable() and ch not in "/\\" for ch in name):
+        return name
+    return None
+
+
+def nasty_text(max_pieces: int = 6) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(NASTY) | st.text(max_size=4), max_size=max_pieces).map("".join)
+
+
+def with_trailer(allowed: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """A value made of allowed characters, then one hostile piece after it."""
+    return st.tuples(allowed, st.sampled_from([*NASTY, SURROGATE])).map("".join)
+
+
+def token_like(low: int, high: int) -> st.SearchStrategy[Any]:
+    """Values around the serial and nonce rules: right alphabet at every length, any text,
+    right alphabet with something hostile at the end, non-strings."""
+    alphabet = st.text(alphabet=sorted(ALLOWED), min_size=max(0, low - 1), max_size=high + 1)
+    return st.one_of(
+        alphabet,
+        st.text(max_size=high + 2),
+        nasty_text(),
+        with_trailer(st.text(alphabet=sorted(ALLOWED), min_size=low, max_size=high)),
+        json_values.filter(lambda v: not isinstance(v, str)),
+    )
+
+
+def name_like() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.text(max_size=70),
+        nasty_text(),
+        st.tuples(
+            st.text(" \t\n\u3000", max_size=3), st.text(max_size=66), st.text(" ", max_size=3)
+        ).map("".join),
+        with_trailer(st.text(string.ascii_letters + " ", min_size=1, max_size=64)),
+        json_values.filter(lambda v: not isinstance(v, str)),
+    )
+
+
+def assert_bad_request(call: Any, value: Any) -> None:
+    with pytest.raises(FaceIdError) as refused:
+        call(value)
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+@fuzz(300)
+@given(value=token_like(1, 64))
+@example(value="SIM0000\n")
+@example(value="A" * 64)
+def test_serial_rule_accepts_exactly_the_documented_alphabet_and_length(value):
+    if documented_serial(value):
+        assert validation.serial(value) == value
+    else:
+        assert_bad_request(validation.serial, value)
+
+
+@fuzz(300)
+@given(value=token_like(16, 64))
+@example(value="a" * 16 + "\n")
+@example(value="a" * 15)
+def test_nonce_rule_accepts_exactly_the_documented_alphabet_and_length(value):
+    if documented_nonce(value):
+        assert validation.nonce(value) == value
+    else:
+        assert_bad_request(validation.nonce, value)
+
+
+@fuzz(300)
+@given(value=name_like())
+@example(value="  Grace Hopper  ")
+@example(value="\u0065\u0301" * 64)  # 128 code points, 64 characters once composed
+@example(value=SURROGATE)
+def test_person_rule_keeps_only_trimmed_printable_names_without_path_separators(value):
+    expected = documented_person(value)
+    if expected is None:
+        assert_bad_request(validation.person, value)
+    else:
+        name = validation.person(value)
+        assert name == expected
+        assert "/" not in name and "\\" not in name and name.isprintable()
+
+
+# -- the real connector -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    frames = write_frames(tmp_path_factory.mktemp("frames"))
+    running = start_stack(
+        tmp_path_factory.mktemp("stack"),
+        images=frames["grace_hopper"],
+        policy={"failed_auth_limit": 1_000_000},
+    )
+    try:
+        assert running.devices[0].serial == DEVICE
+        yield running
+    finally:
+        running.stop()
+
+
+def tree(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.fixture
+def no_file_appears(stack):
+    """Nothing new in the connector's folder, and no canary file wherever a path could lead."""
+    before = tree(stack.workdir)
+    yield
+    after = tree(stack.workdir)
+    assert after == before, after ^ before
+    places = [*CANARY_PLACES, stack.workdir, stack.workdir.parent]
+    assert not [p for p in places if (p / CANARY).exists()]
+    assert not [name for name in after if CANARY in name]
+
+
+CREDENTIALS = ["right", "wrong", "none", "basic", "empty bearer"]
+
+
+def refusal(response: requests.Response) -> tuple[int, str]:
+    """Check a refusal has the error body the API documents; returns its (status, code)."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["X-Request-Id"]
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return response.status_code, body["error"]["code"]
+
+
+class Api:
+    """The connector's macro API as a macro reaches it, and the device's own request count
+    beside it (read twice per example, so over one kept-alive connection)."""
+
+    def __init__(self, stack: Stack, connector: requests.Session, device: requests.Session):
+        self.stack = stack
+        self._connector = connector
+        self._device = device
+
+    def authorization(self, credentials: str) -> dict[str, str]:
+        token = self.stack.devices[0].token
+        header = {
+            "right": f"Bearer {token}",
+            "wrong": f"Bearer {fresh_nonce()}",
+            "basic": f"Basic {token}",
+            "empty bearer": "Bearer ",
+        }.get(credentials)
+        return {} if header is None else {"Authorization": header}
+
+    def send(self, endpoint: str, body: Any, headers: dict[str, Any]) -> requests.Response:
+        """The body as JSON (NaN as Python writes it). `/v1/status` is a GET with the body's
+        serial, when a string, in the query; its body is ignored."""
+        url = self.stack.connector_url + endpoint
+        headers = {"Content-Type": "application/json", **headers}
+        raw = json.dumps(body).encode()
+        if endpoint != "/v1/status":
+            return self._connector.post(url, data=raw, headers=headers, timeout=30)
+        serial = body.get("serial") if isinstance(body, dict) else None
+        params = {"serial": serial} if isinstance(serial, str) else {}
+        return self._connector.get(url, params=params, data=raw, headers=headers, timeout=30)
+
+    def device_requests(self) -> int:
+        device = self.stack.devices[0]
+        answer = self._device.get(
+            f"{device.url}/_sim/stats", headers={"X-Sim-Control": device.control_token}, timeout=10
+        )
+        answer.raise_for_status()
+        return int(answer.json()["device_requests"])
+
+    def untouched(self, endpoint: str, body: Any, headers: dict[str, Any]) -> requests.Response:
+        """Send; the device must not have had a single request meanwhile."""
+        before = self.device_requests()
+        response = self.send(endpoint, body, headers)
+        assert self.device_requests() == before, "the device was contacted"
+        return response
+
+    def refused(self, endpoint: str, body: Any, headers: dict[str, Any]) -> tuple[int, str]:
+        """A documented refusal, the device untouched; returns its (status, code)."""
+        return refusal(self.untouched(endpoint, body, headers))
+
+
+@pytest.fixture(scope="module")
+def api(stack) -> Iterator[Api]:
+    with requests.Session() as connector, requests.Session() as device:
+        for session, ca in ((connector, str(stack.ca_path)), (device, stack.devices[0].ca_path)):
+            session.trust_env = False
+            session.verify = ca
+        yield Api(stack, connector, device)
+
+
+@pytest.mark.slow
+def test_valid_calls_reach_the_device_and_a_lookalike_path_is_only_a_name(
+    stack, api, no_file_appears
+):
+    """What the refusals below are measured against: valid calls do contact the device (its
+    counter moves) and do match; a name that looks like a path (fullwidth and division slashes)
+    passes the rules and is stored as a name in the store, not as a file."""
+    device = stack.devices[0]
+    person = f"..\uff0f..\u2215{CANARY}"
+    assert documented_person(person) == person
+    before = api.device_requests()
+    assert enroll(stack, device, person) == {
+        "result": "enrolled",
+        "code": None,
+        "message": f"Photo saved for {person}.",
+        "person": person,
+    }
+    assert api.device_requests() > before
+    answer = verify(stack, device)
+    assert (answer["verdict"], answer["person"]) == ("match", person)
+    assert status(stack, device)["enrolled_people"] == 1
+    store = open_store(stack)
+    try:
+        assert [p.name for p in store.people(device.serial)] == [person]
+    finally:
+        store.close()
+    lock = api.send("/v1/lock", {"serial": DEVICE}, api.authorization("right"))
+    assert lock.json() == {"unlocked": False}
+
+
+def well_formed(endpoint: str) -> dict[str, str]:
+    """A body that is right in every field for this endpoint."""
+    body = {"serial": DEVICE}
+    if endpoint == "/v1/verify":
+        body["nonce"] = fresh_nonce()
+    elif endpoint == "/v1/enroll":
+        body["person"] = "Valid Name"
+    return body
+
+
+POSTS = ["/v1/verify", "/v1/enroll", "/v1/lock"]
+ENDPOINTS = [*POSTS, "/v1/status"]
+bodies = json_values | st.fixed_dictionaries(
+    {},
+    optional={
+        "serial": st.just(DEVICE) | token_like(1, 64),
+        "nonce": token_like(16, 64).filter(lambda v: not documented_nonce(v)),
+        "person": name_like().filter(lambda v: documented_person(v) is None),
+    },
+)
+
+
+@pytest.mark.slow
+@fuzz(200)
+@given(endpoint=st.sampled_from(ENDPOINTS), body=bodies, credentials=st.sampled_from(CREDENTIALS))
+@example(
+    endpoint="/v1/verify", body={"serial": DEVICE, "nonce": "a" * 16 + "\n"}, credentials="right"
+)
+def test_any_json_body_with_any_credentials_is_refused_before_the_device(
+    api, no_file_appears, endpoint, body, credentials
+):
+    """Only a well-formed call with the device's token gets past; nothing reaches the device.
+    (`/v1/status` takes the body's serial in its query string.)"""
+    if endpoint == "/v1/status" and isinstance(body, dict) and isinstance(body.get("serial"), str):
+        body = {**body, "serial": body["serial"].replace(SURROGATE, "\ufffd")}  # not in a URL
+    headers = api.authorization(credentials)
+    right = credentials == "right"
+    serial = body.get("serial") if isinstance(body, dict) else None
+    if endpoint == "/v1/status" and not isinstance(serial, str):
+        serial = None  # not sent
+    if right and serial == DEVICE and endpoint in ("/v1/lock", "/v1/status"):
+        answer = api.untouched(endpoint, body, headers)  # well formed: nothing else needed
+        assert answer.status_code == 200 and "unlocked" in answer.json()
+        return
+    answer = api.refused(endpoint, body, headers)
+    if not isinstance(body, dict) and endpoint != "/v1/status":
+        assert answer == (400, "bad_request")
+    elif not documented_serial(serial):
+        assert answer in {(400, "bad_request"), (401, "unauthorized")}
+        assert answer == (400, "bad_request") or not right
+    elif serial != DEVICE or not right:
+        assert answer == (401, "unauthorized")
+    else:  # the device and its token: what is left is a nonce or a name the rules refuse
+        assert answer == (400, "bad_request")
+
+
+hostile_serials = st.one_of(
+    with_trailer(st.just(DEVICE)),
+    st.tuples(st.sampled_from(NASTY), st.just(DEVICE)).map("".join),
+    nasty_text(),
+    st.sampled_from(["sim0000", "\uff33\uff29\uff2d0000", "SIM\u0663\u0663\u0663\u0663"]),
+).filter(lambda v: v != DEVICE)
+
+
+@pytest.mark.slow
+@fuzz(120)
+@given(serial=hostile_serials, endpoint=st.sampled_from(ENDPOINTS))
+@example(serial=DEVICE + "\n", endpoint="/v1/status")
+@example(serial=f"../../{CANARY}", endpoint="/v1/enroll")
+def test_serials_that_try_path_traversal_are_refused_on_every_endpoint(
+    api, no_file_appears, serial, endpoint
+):
+    """With the device's own token and every other field right, only the serial is wrong."""
+    if endpoint == "/v1/status":
+        serial = serial.replace(SURROGATE, "\ufffd")  # a URL cannot carry it; the body can
+    body = {**well_formed(endpoint), "serial": serial}
+    answer = api.refused(endpoint, body, api.authorization("right"))
+    if documented_serial(serial):  # well formed, but not a device of this connector
+        assert answer == (401, "unauthorized")
+    else:
+        assert answer == (400, "bad_request")
+
+
+@pytest.mark.slow
+@fuzz(120)
+@given(person=name_like().filter(lambda v: documented_person(v) is None))
+@example(person=f"../../../../tmp/{CANARY}")
+@example(person=f"/tmp/{CANARY}")
+@example(person="Grace\x00Hopper")
+@example(person=" \u3000 ")
+def test_person_names_that_try_path_traversal_are_bad_request_before_the_device(
+    api, no_file_appears, person
+):
+    body = {**well_formed("/v1/enroll"), "person": person}
+    answer = api.refused("/v1/enroll", body, api.authorization("right"))
+    assert answer == (400, "bad_request")
+
+
+#: (endpoint, field) pairs where the field is read; "padding" is a field no endpoint reads.
+LONG_FIELDS = [
+    ("/v1/verify", "serial"),
+    ("/v1/verify", "nonce"),
+    ("/v1/enroll", "serial"),
+    ("/v1/enroll", "person"),
+    ("/v1/lock", "serial"),
+]
+over_long = st.one_of(
+    st.tuples(
+        st.sampled_from(LONG_FIELDS),
+        st.integers(65, 2000) | st.integers(MAX_BODY - 200, MAX_BODY + 200),
+    ),
+    st.tuples(
+        st.sampled_from(POSTS).map(lambda endpoint: (endpoint, "padding")),
+        st.integers(MAX_BODY - 40, 2 * MAX_BODY),
+    ),
+)
+
+
+@pytest.mark.slow
+@fuzz(30)
+@given(where_size=over_long, char=st.sampled_from("Ae/"))
+def test_over_long_values_are_too_large_or_bad_request_before_the_device(
+    api, no_file_appears, where_size, char
+):
+    (endpoint, field), size = where_size
+    body = {**well_formed(endpoint), field: char * size}
+    encoded = len(json.dumps(body).encode())
+    if field == "padding" and encoded <= MAX_BODY:
+        body["padding"] += "A" * (MAX_BODY + 1 - encoded)  # otherwise a valid call
+        encoded = MAX_BODY + 1
+    answer = api.refused(endpoint, body, api.authorization("right"))
+    assert answer == ((413, "too_large") if encoded > MAX_BODY else (400, "bad_request"))
+
+
+header_text = st.text(
+    alphabet=st.characters(
+        min_codepoint=0x20, exclude_characters="\x7f", exclude_categories=["Cs"]
+    ),
+    max_size=80,
+).map(str.lstrip)  # a value starts after the spaces that follow the colon
+authorization_values = st.one_of(
+    header_text,
+    header_text.map(lambda s: "Bearer " + s),
+    header_text.map(lambda s: "bearer " + s),
+    st.integers(257, 2000).map(lambda n: "Bearer " + "A" * n),
+)
+
+
+@pytest.mark.slow
+@fuzz(120)
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    value=authorization_values,
+    content_type=header_text,
+)
+@example(endpoint="/v1/verify", value="Bearer \xff\xfe", content_type="application/json")
+def test_any_authorization_header_is_unauthorized_before_the_device(
+    api, no_file_appears, endpoint, value, content_type
+):
+    """Every field right but the token, sent as UTF-8 bytes whatever they are."""
+    headers = {"Authorization": value.encode(), "Content-Type": content_type.encode()}
+    answer = api.refused(endpoint, well_formed(endpoint), headers)
+    assert answer == (401, "unauthorized")
+
+
+CONTROL_BYTES = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]
+
+
+@pytest.mark.slow
+@fuzz(40)
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    prefix=st.binary(max_size=8).map(lambda b: b"x" + b.replace(b"\r", b"").replace(b"\n", b"")),
+    control=st.sampled_from(CONTROL_BYTES).map(lambda c: bytes([c])),
+    credentials=st.sampled_from(["right", "wrong"]),
+)
+def test_control_characters_in_a_header_value_are_bad_request_before_the_device(
+    api, no_file_appears, endpoint, prefix, control, credentials
+):
+    """gunicorn refuses these before the app: a 400 with its own plain page, not the JSON one."""
+    headers = {k: v.encode() + control for k, v in api.authorization(credentials).items()}
+    headers["X-Extra"] = prefix + control
+    response = api.untouched(endpoint, well_formed(endpoint), headers)
+    assert response.status_code == 400
+    assert "verdict" not in response.text
