@@ -19,6 +19,8 @@ import pytest
 
 from connector.simulator import DeviceSimulator
 from tests import procs
+from tests.fakes.mxface import FakeMXFace
+from tests.infra import terraform_module
 from tests.secrets_used import (
     TALLY,
     Finding,
@@ -171,3 +173,27 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in problems:
         terminalreporter.write_line(line, red=True)
     terminalreporter.stats.setdefault("secret leak scan problem(s)", []).extend(problems)
+
+
+# --- fixtures several test modules share -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake() -> Any:
+    """The fake MXFace server, one per module."""
+    with FakeMXFace() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app() -> Any:
+    """The function's Flask app as functions-framework builds it (engine read per request)."""
+    import functions_framework
+
+    return functions_framework.create_app("verify_faces", str(procs.REPO / "function" / "main.py"))
+
+
+@pytest.fixture(scope="module")
+def tf() -> dict[str, list[Any]]:
+    """infra/terraform parsed once per module."""
+    return terraform_module()

@@ -19,7 +19,6 @@ from tests.connector_e2e import (
 from tests.fakes.mxface import (
     DETECT_PATH,
     VERIFY_PATH,
-    FakeMXFace,
     Reply,
     match,
     no_face_200,
@@ -31,12 +30,6 @@ from tests.fakes.mxface import (
 
 CONNECTOR_TIMEOUT_S = 2.0
 PERSON = "Grace Hopper"
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeMXFace() as mx:
-        yield mx
 
 
 @pytest.fixture(scope="module")

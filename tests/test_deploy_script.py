@@ -26,16 +26,10 @@ from tests.infra import (
     gcloud_commands,
     locals_of,
     optional_tool,
-    terraform_module,
     tf_function_settings_names,
     tool,
     variables,
 )
-
-
-@pytest.fixture(scope="module")
-def tf() -> dict[str, list[Any]]:
-    return terraform_module()
 
 
 def test_deploy_dry_run_creates_only_after_a_describe_and_deploys_privately():

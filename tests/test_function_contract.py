@@ -10,26 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.mxface import FakeMXFace
-from tests.procs import REPO
 from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
 
 JPEG = grace_hopper_jpeg()
 PNG = small_png()
 GOOD = verify_request(JPEG, {"alice": JPEG})
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeMXFace() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def app():
-    import functions_framework
-
-    return functions_framework.create_app("verify_faces", str(REPO / "function" / "main.py"))
 
 
 @pytest.fixture

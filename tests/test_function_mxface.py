@@ -12,7 +12,6 @@ from faceverify.engines import mxface
 from tests.fakes.mxface import (
     DETECT_PATH,
     VERIFY_PATH,
-    FakeMXFace,
     Reply,
     compared,
     detected,
@@ -27,26 +26,13 @@ from tests.fakes.mxface import (
     slow,
     unauthorized,
 )
-from tests.procs import REPO, free_port
+from tests.procs import free_port
 from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
 
 PROBE = astronaut_jpeg(30_000, 512)
 ALICE = grace_hopper_jpeg()
 BOB = small_png()
 ENTRY = {"image1_face": {}, "image2_face": {}}
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeMXFace() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def app():
-    import functions_framework
-
-    return functions_framework.create_app("verify_faces", str(REPO / "function" / "main.py"))
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 from faceverify.errors import FaceIdError
 from faceverify.secrets import mxface_key_source
 
-from tests.fakes.mxface import FakeMXFace, unauthorized
+from tests.fakes.mxface import unauthorized
 from tests.fakes.secret_manager import FakeSecretManager
-from tests.procs import REPO, free_port
+from tests.procs import free_port
 from tests.samples import grace_hopper_jpeg, verify_request
 
 BODY = verify_request(grace_hopper_jpeg(), {"alice": grace_hopper_jpeg()})
@@ -26,19 +26,6 @@ BODY = verify_request(grace_hopper_jpeg(), {"alice": grace_hopper_jpeg()})
 def sm():
     with FakeSecretManager() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeMXFace() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def app():
-    import functions_framework
-
-    return functions_framework.create_app("verify_faces", str(REPO / "function" / "main.py"))
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.fakes.mxface import FakeMXFace
 from tests.procs import REPO, ServerProcess, start_function
 from tests.samples import b64, grace_hopper_jpeg, verify_request
 from tests.test_function_contract import GOOD, JPEG, json_values
@@ -75,12 +74,6 @@ def grace_png() -> bytes:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeMXFace() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

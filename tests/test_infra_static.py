@@ -28,17 +28,11 @@ from tests.infra import (
     locals_of,
     optional_tool,
     resources,
-    terraform_module,
     tf_function_settings_names,
     the_function,
     tool,
     variables,
 )
-
-
-@pytest.fixture(scope="module")
-def tf() -> dict[str, list[Any]]:
-    return terraform_module()
 
 
 def test_terraform_pins_its_providers_and_version(tf):
