@@ -39,6 +39,7 @@ from bench.function_overhead import percentile
 from connector.config import load_config
 from connector.faces import downscale_jpeg
 from connector.relay import FunctionClient
+from demo.macro_client import authorization, body_bytes
 from demo.photos import camera_frame, jpeg_bytes
 from demo.stack import SimDevice, Stack, start_stack
 from tests.connector_e2e import open_store, sim_stats
@@ -99,8 +100,11 @@ class Caller:
 
     def verify(self, device: SimDevice) -> dict[str, Any]:
         """The caller's time and the answer's facts."""
-        body = json.dumps({"serial": device.serial, "nonce": secrets.token_urlsafe(16)})
-        headers = {"Authorization": f"Bearer {device.token}", "Content-Type": "application/json"}
+        body = body_bytes({"serial": device.serial})
+        headers = {
+            "Authorization": authorization(device.key, "POST", "/v1/verify", device.serial, body),
+            "Content-Type": "application/json",
+        }
         started = time.perf_counter()
         connection = http.client.HTTPSConnection(
             self.host, self.port, context=self.context, timeout=30

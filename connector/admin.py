@@ -12,14 +12,16 @@ from . import validation
 from .config import add_device, load_config, remove_device
 from .device import TlsPolicy
 from .enrollment import audit_enrollment, enroll_image
-from .runtime import build_runtime
+from .protocol import encode_key, new_device_key
+from .runtime import Runtime, build_runtime
+from .store import AuditEntry
 
 
 def add_parsers(commands: Any) -> None:
     admin = commands.add_parser("admin", help="manage devices, people and the audit log")
     sub = admin.add_subparsers(dest="admin_command", required=True)
 
-    p = sub.add_parser("add-device", help="add a device to the config; prints its token once")
+    p = sub.add_parser("add-device", help="add a device to the config; prints its key once")
     p.add_argument("--serial", required=True)
     p.add_argument("--host", required=True, help="device address, host or host:port")
     p.add_argument("--username", required=True)
@@ -29,6 +31,11 @@ def add_parsers(commands: Any) -> None:
     tls.add_argument("--ca-bundle", help="PEM file that signs the device's certificate")
     tls.add_argument("--fingerprint", help="SHA-256 fingerprint of the device's certificate")
     tls.add_argument("--insecure", action="store_true", help="do not verify the device (lab only)")
+
+    p = sub.add_parser(
+        "rotate-key", help="give a device a new key (prints it once); enrollments are kept"
+    )
+    p.add_argument("--serial", required=True)
 
     p = sub.add_parser("remove-device", help="remove a device and everyone enrolled on it")
     p.add_argument("--serial", required=True)
@@ -58,35 +65,53 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, default=str))
 
 
+def _new_key(rt: Runtime, serial: str, action: str) -> None:
+    """Store a fresh key for the device and print it, the only time it is ever shown."""
+    key = new_device_key()
+    audit = AuditEntry(action, "done", serial=serial, request_id=uuid.uuid4().hex)
+    rt.store.set_device_key(serial, key, audit=audit)
+    print(f"The key of device {serial} (shown once; put it in SETTINGS.deviceKey of the macro):")
+    print(encode_key(key))
+
+
 def run(args: argparse.Namespace, config_path: str) -> int:
     command = args.admin_command
     if command == "add-device":
+        new_serial = validation.serial(args.serial)
         tls = TlsPolicy(
             ca_bundle=args.ca_bundle, fingerprint_sha256=args.fingerprint, insecure=args.insecure
         )
-        token = add_device(
+        add_device(
             config_path,
-            serial=validation.serial(args.serial),
+            serial=new_serial,
             host=args.host,
             username=args.username,
             password_ref=args.password_ref,
             tls=tls,
             name=args.name,
         )
-        print(f"Device {args.serial} added. Its token (shown once, put it in the macro):")
-        print(token)
-        print("Restart the connector to load the new device.", file=sys.stderr)
+        rt = build_runtime(load_config(config_path), [])
+        try:
+            _new_key(rt, new_serial, "add_device")
+        finally:
+            rt.close()
+        print(f"Device {new_serial} added. Restart the connector to load it.", file=sys.stderr)
         return 0
 
     config = load_config(config_path)
-    if command in ("enroll", "test-device") and config.device(args.serial) is None:
+    needs_device = ("enroll", "test-device", "rotate-key")
+    if command in needs_device and config.device(args.serial) is None:
         print(f"No device {args.serial} in the configuration.", file=sys.stderr)
         return 1
     # Only test-device talks to a device: the others need no device password at all.
     rt = build_runtime(config, [args.serial] if command == "test-device" else [])
     try:
         serial = validation.serial(args.serial) if getattr(args, "serial", None) else None
-        if command == "remove-device":
+        if command == "rotate-key":
+            assert serial is not None
+            _new_key(rt, serial, "rotate_key")
+            print("The old key no longer works.", file=sys.stderr)
+        elif command == "remove-device":
             assert serial is not None
             remove_device(config_path, serial)
             rt.store.remove_device(serial)

@@ -1,4 +1,4 @@
-"""The macro-facing HTTP API (docs/api.md §2): authentication, input checks, signed answers."""
+"""The macro-facing HTTP API (docs/api.md §2): signed requests, input checks, signed answers."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from faceverify.errors import FaceIdError, bad_request
 from flask import Flask, Response, g, request
 
 from . import validation
-from .auth import authenticate, bearer_token
 from .enrollment import audit_enrollment, enroll, enroll_event
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .protocol import ANSWER_TTL_S, SIGNATURE_HEADER, AuthError, answer_signature, unauthorized
 from .runtime import Device, Runtime
-from .signing import signature
 from .verification import audit_fields, verify, verify_event
 
-ANSWER_TTL_S = 30
 #: app.extensions key of what the server calls when the worker exits (drains the Webex queue).
 SHUTDOWN = "faceid.shutdown"
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    # ASCII only (non-ASCII as \uXXXX): the macro hashes exactly the string it receives.
+    response = Response(
+        json.dumps(body, ensure_ascii=True), status=status, mimetype="application/json"
+    )
     response.headers.update(headers or {})
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Request-Id"] = g.get("request_id", "")
@@ -45,13 +46,17 @@ def create_app(rt: Runtime) -> Flask:
     def source() -> str:
         return request.remote_addr or "unknown"
 
-    def json_body() -> dict[str, Any]:
+    def raw_body() -> bytes:
+        """The exact bytes the signature covers, at most max_body_bytes (413 beyond)."""
         limit = rt.config.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
         raw = request.stream.read(limit + 1)
         if len(raw) > limit:
             raise FaceIdError(413, "too_large", f"The request body is over {limit} bytes")
+        return bytes(raw)
+
+    def json_object(raw: bytes) -> dict[str, Any]:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -60,24 +65,59 @@ def create_app(rt: Runtime) -> Flask:
             raise bad_request("The request body must be a JSON object")
         return body
 
-    def device_for(serial: Any) -> tuple[Device, str]:
-        """Authenticate before anything else is looked at; returns the device and its token."""
-        rt.auth_limiter.check(source())
-        serial = validation.serial(serial)
-        token = bearer_token(request.headers.get("Authorization"))
+    def signed_path() -> str:
+        """The request target as sent (path and query string), as the macro signed it."""
+        environ = request.environ
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if target:
+            return str(target)
+        query = request.query_string.decode("latin-1")
+        return request.path + (f"?{query}" if query else "")
+
+    def authenticated(raw: bytes) -> Device:
+        """The device whose key signed this request, before anything else is looked at. From the
+        moment the signature holds, every answer is signed (g.caller), refusals included."""
         try:
-            authenticate(rt.token_hashes, serial, token)
-        except FaceIdError:
+            caller = rt.authenticator.identify(
+                request.headers.get("Authorization"), request.method, signed_path(), raw
+            )
+        except AuthError:
+            rt.auth_limiter.check(source())  # 429 once this address has failed too often
             rt.auth_limiter.failed(source())
             rt.log("WARNING", "authentication failed", source=source())
-            raise FaceIdError(401, "unauthorized", "Unknown device or wrong device token") from None
-        assert token is not None
-        return rt.devices[serial], token
+            raise
+        g.caller = caller
+        try:
+            rt.authenticator.admit(caller)
+        except AuthError as exc:
+            rt.log("WARNING", exc.message, code=exc.code, serial=caller.serial, source=source())
+            raise
+        return rt.devices[caller.serial]
+
+    def claimed(device: Device, serial: Any) -> None:
+        """The serial a body or query names must be the one that signed."""
+        if serial != device.serial:
+            raise unauthorized()
+
+    def signed_json() -> tuple[Device, dict[str, Any]]:
+        raw = raw_body()
+        device = authenticated(raw)
+        body = json_object(raw)
+        claimed(device, body.get("serial"))
+        return device, body
 
     @app.before_request
     def start() -> None:
         g.request_id = uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    @app.after_request
+    def sign(response: Response) -> Response:
+        caller = g.get("caller")
+        if caller is not None:
+            body = response.get_data()
+            response.headers[SIGNATURE_HEADER] = answer_signature(caller.key, caller.nonce, body)
+        return response
 
     @app.errorhandler(FaceIdError)
     def on_face_error(exc: FaceIdError) -> Response:
@@ -106,22 +146,17 @@ def create_app(rt: Runtime) -> Flask:
 
     @app.post("/v1/verify")
     def verify_route() -> Response:
-        body = json_body()
-        device, token = device_for(body.get("serial"))
-        nonce = validation.nonce(body.get("nonce"))
+        device, _ = signed_json()
         outcome = verify(rt, device, g.request_id)
-        expires_at = int(time.time()) + ANSWER_TTL_S
         answer = {
             "verdict": outcome.verdict,
             "code": outcome.code,
             "person": outcome.person,
             "message": outcome.message,
             "retry_after_s": outcome.retry_after_s,
-            "nonce": nonce,
-            "expires_at": expires_at,
-            "signature": signature(
-                token, device.serial, nonce, outcome.verdict, outcome.person, expires_at
-            ),
+            "serial": device.serial,
+            "nonce": g.caller.nonce,
+            "expires_at": int(rt.clock()) + ANSWER_TTL_S,
         }
         rt.audit(g.request_id, device.serial, "verify", **audit_fields(outcome))
         started_lockout = outcome.lockout_started
@@ -133,8 +168,7 @@ def create_app(rt: Runtime) -> Flask:
 
     @app.post("/v1/enroll")
     def enroll_route() -> Response:
-        body = json_body()
-        device, _ = device_for(body.get("serial"))
+        device, body = signed_json()
         person = validation.person(body.get("person"))
         outcome = enroll(rt, device, person, g.request_id)
         audit_enrollment(rt, g.request_id, device.serial, person, outcome)
@@ -151,14 +185,15 @@ def create_app(rt: Runtime) -> Flask:
 
     @app.post("/v1/lock")
     def lock_route() -> Response:
-        device, _ = device_for(json_body().get("serial"))
+        device, _ = signed_json()
         rt.store.end_unlocked(device.serial)
         rt.audit(g.request_id, device.serial, "lock", outcome="locked")
         return _json({"unlocked": False})
 
     @app.get("/v1/status")
     def status_route() -> Response:
-        device, _ = device_for(request.args.get("serial"))
+        device = authenticated(raw_body())
+        claimed(device, request.args.get("serial"))
         return _json(
             {
                 "enrolled_people": rt.store.count_people(device.serial),

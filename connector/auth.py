@@ -1,49 +1,20 @@
-"""Device authentication: bearer tokens kept only as SHA-256, compared in constant time, and a
-per-source brake on failed attempts so a token cannot be guessed at speed."""
+"""A per-source brake on failed authentications: an address that keeps sending badly signed
+requests is answered 429 for a while. A correctly signed request is never refused by it, so
+devices behind one NAT or proxy keep working while a neighbour fails."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from faceverify.errors import FaceIdError
 
-_DUMMY_HASH = hashlib.sha256(b"no such device").hexdigest()
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
-        return None
-    return token
-
-
-def unauthorized() -> FaceIdError:
-    return FaceIdError(401, "unauthorized", "Unknown device or wrong device token")
-
-
-def authenticate(token_hashes: Mapping[str, str], serial: str, token: str | None) -> None:
-    """Raise the same 401 for a wrong token and an unknown serial, after the same amount of work."""
-    expected = token_hashes.get(serial, _DUMMY_HASH)
-    presented = token_hash(token or "")
-    if not hmac.compare_digest(expected, presented) or serial not in token_hashes or not token:
-        raise unauthorized()
-
 
 class FailedAuthLimiter:
-    """After `limit` failed authentications from one source within `window_s`, refuse that source
-    for the rest of the window (429) without checking tokens at all."""
+    """After `limit` failed authentications from one source within `window_s`, its further
+    failures are answered 429 for the rest of the window."""
 
     def __init__(
         self,

@@ -38,7 +38,6 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `devices[].username` | `device_defaults.username` | account for the device's web interface |
 | `devices[].password` | `device_defaults.password` | secret reference |
 | `devices[].tls` | required | one of `ca_bundle`, `fingerprint_sha256`, `insecure = true` |
-| `devices[].token_sha256` | required | SHA-256 (hex) of the device's macro token |
 | `devices[].name` | none | display name |
 | `devices[].webex_room_id` | `webex.room_id` | this device's Webex room (needs `[webex]`) |
 | `webex.bot_token` | required if `[webex]` | secret reference to the bot's token |
@@ -59,7 +58,6 @@ import dataclasses
 import json
 import os
 import re
-import secrets
 import stat
 import tempfile
 import tomllib
@@ -71,7 +69,6 @@ from urllib.parse import urlsplit
 from faceverify.errors import FaceIdError, config_error
 from faceverify.service import MAX_REFERENCES
 
-from .auth import token_hash
 from .device import TlsPolicy
 from .secretref import check_ref, resolve_secret
 from .tls import normalize_fingerprint
@@ -81,7 +78,6 @@ CONFIG_ENV = "FACEID_CONFIG"
 AUTH_MODES = ("google-id-token", "none")
 WEBEX_EVENTS = ("failures", "all")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SERVICE_ACCOUNT_RE = re.compile(
@@ -148,7 +144,6 @@ class DeviceConfig:
     username: str
     password: str  # secret reference
     tls: TlsPolicy
-    token_sha256: str
     name: str | None = None
     webex_room_id: str | None = None
 
@@ -188,9 +183,6 @@ class ConnectorConfig:
 
     def device(self, serial: str) -> DeviceConfig | None:
         return next((d for d in self.devices if d.serial == serial), None)
-
-    def token_hashes(self) -> dict[str, str]:
-        return {d.serial: d.token_sha256 for d in self.devices}
 
 
 def decode_store_key(text: str) -> bytes:
@@ -446,16 +438,17 @@ def _device(t: _Table, defaults: DeviceDefaults) -> DeviceConfig:
         raise _Bad(f"{t.field('username')} is required (here or in [device_defaults])")
     if password is None:
         raise _Bad(f"{t.field('password')} is required (here or in [device_defaults])")
-    token = t.string("token_sha256").lower()
-    if not HEX64_RE.match(token):
-        raise _Bad(f"{t.field('token_sha256')} must be 64 hex characters (a SHA-256)")
+    if "token_sha256" in t.data:
+        raise _Bad(
+            f"{t.field('token_sha256')} is no longer used: device keys live in the store. Remove "
+            "the line, then run `admin rotate-key --serial SERIAL` and put the key in the macro"
+        )
     config = DeviceConfig(
         serial=serial,
         host=t.string("host", pattern=HOST_RE),
         username=username,
         password=password,
         tls=_tls(t.table("tls"), t.field("tls")),
-        token_sha256=token,
         name=t.string("name", None, NAME_RE),
         webex_room_id=t.string("webex_room_id", None, ROOM_ID_RE),
     )
@@ -472,11 +465,6 @@ def _devices(value: object, defaults: DeviceDefaults, base_dir: Path) -> tuple[D
         for j, other in enumerate(devices):
             if other.serial == device.serial:
                 raise _Bad(f"devices[{i}].serial {device.serial!r} is already used by devices[{j}]")
-            if other.token_sha256 == device.token_sha256:
-                raise _Bad(
-                    f"devices[{i}].token_sha256 is the same as devices[{j}]'s: "
-                    "every device needs its own token"
-                )
         devices.append(device)
     return tuple(devices)
 
@@ -562,12 +550,6 @@ def load_config(path: str | os.PathLike[str]) -> ConnectorConfig:
 HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$")
 
 
-def new_device_token() -> tuple[str, str]:
-    """A fresh macro token and the SHA-256 the configuration keeps instead of it."""
-    token = secrets.token_urlsafe(32)
-    return token, token_hash(token)
-
-
 def _toml_string(value: str) -> str:
     # A JSON string is a valid TOML basic string for the printable text allowed here.
     return json.dumps(value, ensure_ascii=True)
@@ -577,7 +559,6 @@ def _device_block(
     serial: str,
     host: str,
     tls: TlsPolicy,
-    token_sha256: str,
     username: str | None,
     password_ref: str | None,
     name: str | None,
@@ -597,7 +578,6 @@ def _device_block(
     else:
         tls_text = "insecure = true" if tls.insecure else ""
     lines.append(f"tls = {{ {tls_text} }}" if tls_text else "tls = {}")
-    lines.append(f"token_sha256 = {_toml_string(token_sha256)}")
     return "\n".join(lines) + "\n"
 
 
@@ -643,21 +623,19 @@ def add_device(
     username: str | None = None,
     password_ref: str | None = None,
     name: str | None = None,
-) -> str:
-    """Append a [[devices]] block and return the device's new token (shown once, never stored).
-    username and password_ref may be left to [device_defaults]."""
+) -> None:
+    """Append a [[devices]] block (its key goes to the store, not here). username and
+    password_ref may be left to [device_defaults]."""
     real = os.path.realpath(path)
     text = _read(real)
     old = _checked(text, real)
     if old.device(serial) is not None:
         raise config_error(f"{real}: a device with serial {serial!r} is already configured")
-    token, digest = new_device_token()
-    block = _device_block(serial, host, tls, digest, username, password_ref, name)
+    block = _device_block(serial, host, tls, username, password_ref, name)
     new_text = text + ("" if not text or text.endswith("\n") else "\n") + "\n" + block
     new = _checked(new_text, real)  # names the bad field, e.g. devices[3].host
     expected = dataclasses.replace(old, devices=(*old.devices, new.devices[-1]))
     _commit_edit(real, new_text, expected, f"add device {serial}")
-    return token
 
 
 def _device_blocks(lines: list[str]) -> list[tuple[int, int]]:

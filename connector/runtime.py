@@ -16,6 +16,7 @@ from .device import DeviceAccess, DeviceClient
 from .health import CachedCheck
 from .lockout import Lockout
 from .metrics import Metrics
+from .protocol import Authenticator
 from .relay import FunctionClient
 from .store import Store
 from .webex import Event, WebexNotices, webex_notices
@@ -41,7 +42,6 @@ class Runtime:
     config: ConnectorConfig
     store: Store
     devices: dict[str, Device]
-    token_hashes: dict[str, str]
     device_client: DeviceClient
     function: FunctionClient
     lockout: Lockout
@@ -51,9 +51,16 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     webex: WebexNotices | None = None
     function_check: CachedCheck = field(init=False)
+    authenticator: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:
         self.function_check = CachedCheck(self.function.reachable)
+        self.authenticator = Authenticator(self.device_key, clock=self.clock)
+
+    def device_key(self, serial: str) -> bytes | None:
+        """Only configured devices have a key; read from the store on each request, so that
+        `admin rotate-key` takes effect at once."""
+        return self.store.device_key(serial) if serial in self.devices else None
 
     def log(self, severity: str, message: str, **fields: Any) -> None:
         log(severity, message, component="connector", **fields)
@@ -147,7 +154,6 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         config=config,
         store=store,
         devices=devices,
-        token_hashes=config.token_hashes(),
         device_client=device_client,
         function=FunctionClient(config.function, pool_size=config.server.threads),
         lockout=Lockout(store, config.policy),

@@ -13,7 +13,18 @@ from .runtime import build_runtime
 
 def run(config_path: str) -> None:
     config = load_config(config_path)
-    build_runtime(config).close()  # resolves every secret and opens the store once
+    rt = build_runtime(config)  # resolves every secret and opens the store once
+    try:
+        for serial in rt.devices:
+            if rt.device_key(serial) is None:
+                log(
+                    "WARNING",
+                    "device has no key: its requests are refused until an administrator runs "
+                    "`admin rotate-key` and puts the key in its macro",
+                    serial=serial,
+                )
+    finally:
+        rt.close()
 
     def factory() -> Flask:
         return create_app(build_runtime(load_config(config_path)))

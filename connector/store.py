@@ -1,5 +1,5 @@
-"""The connector's state in one SQLite file: enrolled people, their reference photos (AES-GCM
-encrypted, each bound to its row), the audit log, lockouts and unlocked sessions.
+"""The connector's state in one SQLite file: device keys and enrolled people's reference photos
+(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions.
 
 WAL mode with synchronous=FULL: a committed enrollment survives a power cut, an interrupted one
 leaves nothing. Each thread gets its own connection, so reads on the verify path never wait for
@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from faceverify.errors import FaceIdError, config_error
 from faceverify.service import MAX_REFERENCES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older schemas this connector upgrades in place (the new tables are created by SCHEMA).
+UPGRADABLE_FROM = (1,)
 KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
 NONCE_BYTES = 12
 BUSY_TIMEOUT_S = 5.0
@@ -64,6 +66,12 @@ CREATE TABLE IF NOT EXISTS lockout (
     serial TEXT PRIMARY KEY,
     failures INTEGER NOT NULL,
     locked_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    serial TEXT PRIMARY KEY,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     serial TEXT PRIMARY KEY,
@@ -125,6 +133,11 @@ class LockoutState:
 def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
     """Binds a ciphertext to its row: moving it to another row or person fails to decrypt."""
     return f"faceid-ref-v1|{serial}|{person_id}|{reference_id}".encode()
+
+
+def _key_aad(serial: str) -> bytes:
+    """Binds a device key to its serial: a key moved to another device's row fails to decrypt."""
+    return f"faceid-device-key-v1|{serial}".encode()
 
 
 def store_unavailable(message: str) -> FaceIdError:
@@ -193,12 +206,16 @@ class Store:
                 conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 return
-        if int(rows.get("schema", 0)) != SCHEMA_VERSION:
+            self._check_key(rows["key_check"])  # a wrong key rolls everything back
+            schema = int(rows.get("schema", 0))
+            if schema in UPGRADABLE_FROM:
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (SCHEMA_VERSION,))
+                schema = SCHEMA_VERSION
+        if schema != SCHEMA_VERSION:
             raise config_error(
                 f"the store {self.path} has schema {rows.get('schema')}, "
                 f"this connector reads schema {SCHEMA_VERSION}"
             )
-        self._check_key(rows["key_check"])
 
     def _check_key(self, check: bytes) -> None:
         try:
@@ -281,6 +298,38 @@ class Store:
         if row is None:
             raise store_unavailable("the store has lost its key check")
         self._check_key(row[0])
+
+    # --- device keys ----------------------------------------------------------------------
+
+    def set_device_key(self, serial: str, key: bytes, *, audit: AuditEntry | None = None) -> None:
+        """Store (or replace) the device's protocol key, encrypted; enrollments are kept."""
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, key, _key_aad(serial))
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO device_keys (serial, nonce, ciphertext, created) "
+                "VALUES (?, ?, ?, ?)",
+                (serial, nonce, sealed, time.time()),
+            )
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+
+    def device_key(self, serial: str) -> bytes | None:
+        """The device's key; None when it has none. A key that fails its integrity check is an
+        error, never None (that would read as "unknown device" and hide the damage)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT nonce, ciphertext FROM device_keys WHERE serial = ?", (serial,)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            return self._aead.decrypt(row[0], row[1], _key_aad(serial))
+        except InvalidTag:
+            raise store_unavailable(
+                f"the key of device {serial} failed its integrity check: the store was modified "
+                "or damaged"
+            ) from None
 
     # --- people and reference photos ------------------------------------------------------
 
@@ -426,6 +475,7 @@ class Store:
             removed = conn.execute("DELETE FROM people WHERE serial = ?", (serial,)).rowcount
             conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM sessions WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM device_keys WHERE serial = ?", (serial,))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
         return int(removed)

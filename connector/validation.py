@@ -10,19 +10,12 @@ from faceverify.errors import bad_request
 
 # \A and \Z, not ^ and $: "$" also matches before a final newline ("SIM0000\n").
 SERIAL_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-NONCE_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 PERSON_MAX_LEN = 64
 
 
 def serial(value: Any) -> str:
     if not isinstance(value, str) or not SERIAL_RE.match(value):
         raise bad_request("'serial' must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
-    return value
-
-
-def nonce(value: Any) -> str:
-    if not isinstance(value, str) or not NONCE_RE.match(value):
-        raise bad_request("'nonce' must be 16 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
     return value
 
 

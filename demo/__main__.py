@@ -5,6 +5,7 @@
   up     start everything, enroll the demo person, leave it running (described in
          .demo/stack.json, logs in .demo/up/)
   down   stop what `up` started
+  call   verify | status | lock: one request signed with the device key to what `up` started
   serve  like up, but in the foreground: prints the description as one JSON line and stops
          everything when its standard input closes (for tests)
 
@@ -25,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "up", "down", "serve"))
-    command = parser.parse_args(argv).command
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=("run", "up", "down", "call", "serve")
+    )
+    parser.add_argument("action", nargs="?", choices=("verify", "status", "lock"))
+    args = parser.parse_args(argv)
+    command = args.command
+    if (command == "call") != (args.action is not None):
+        parser.error("`call` takes one of verify, status, lock (and only `call` takes one)")
     # A plain `kill` must also stop what was started: exit through the `finally` blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from demo import background, scenarios
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": scenarios.run_demo,
         "up": background.up,
         "down": background.down,
+        "call": lambda: background.call(args.action),
         "serve": background.serve,
     }
     try:

@@ -1,8 +1,9 @@
-"""`python -m demo up | down | serve`: the stack left running to try by hand (up, down), or held
-for as long as the caller keeps this process's standard input open (serve, for tests)."""
+"""`python -m demo up | down | call | serve`: the stack left running to try by hand (up, down,
+call), or held for as long as the caller keeps this process's standard input open (serve)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.launch import DEMO_DIR, description, enroll, fresh_folder, launch, say
+from demo.macro_client import answer_holds, send
 
 STACK_JSON = DEMO_DIR / "stack.json"
 #: What each process's command line holds: a pid reused by something else is never signalled.
@@ -60,22 +62,19 @@ def up() -> int:
 
 def how_to(d: dict[str, Any]) -> str:
     """Copy-paste instructions for the running stack."""
-    con, dev, sim = d["connector"], d["device"], d["simulator"]
-    auth = f'-H "Authorization: Bearer {dev["token"]}"'
-    nonce = '"nonce": "demo-\'$(date +%s%N)\'"'  # the shell fills in a fresh nonce
+    dev, sim = d["device"], d["simulator"]
     switch = sim["switches"]
     control = (
         f'curl -s --cacert {sim["ca"]} -H "{sim["control_header"]}: {sim["control_token"]}" '
         f"{sim['control_url']} -d"
     )
     return f"""The demo stack is running; {dev["enrolled"]} is enrolled on device {dev["serial"]}.
-Everything is described in {STACK_JSON} (the device token is in it: keep it private).
+Everything is described in {STACK_JSON} (the device key is in it: keep it private).
 
-Ask the connector what the macro asks (verify, status, lock):
-  curl -s --cacert {con["ca"]} {auth} {con["url"]}/v1/verify \\
-       -d '{{"serial": "{dev["serial"]}", {nonce}}}'
-  curl -s --cacert {con["ca"]} {auth} "{con["url"]}/v1/status?serial={dev["serial"]}"
-  curl -s --cacert {con["ca"]} {auth} {con["url"]}/v1/lock -d '{{"serial": "{dev["serial"]}"}}'
+Ask the connector what the macro asks, signed with the device key (protocol v2):
+  .venv/bin/python -m demo call verify
+  .venv/bin/python -m demo call status
+  .venv/bin/python -m demo call lock
 
 Change what the simulated camera sees:
   {control} '{json.dumps(switch["another person"])}'
@@ -87,6 +86,24 @@ Change what the simulated camera sees:
 The comparison function alone: POST {d["function"]["url"]}/inspect with {{"image": "<base64>"}}.
 Logs: {d["logs"]}/*.log
 Stop everything: make demo-down   (or: .venv/bin/python -m demo down)"""
+
+
+def call(action: str) -> int:
+    """One signed request to the running stack's connector, as the macro makes it; prints the
+    status, whether the answer's signature holds, and the answer."""
+    if not STACK_JSON.exists():
+        say("No demo stack is running: start one with `make demo-up`.")
+        return 1
+    described = json.loads(STACK_JSON.read_text())
+    con, dev = described["connector"], described["device"]
+    key = base64.urlsafe_b64decode(dev["key"] + "=")
+    path = f"/v1/status?serial={dev['serial']}" if action == "status" else f"/v1/{action}"
+    body = None if action == "status" else {"serial": dev["serial"]}
+    answer = send(con["url"], path, key, dev["serial"], body, verify=con["ca"])
+    signed = "signature holds" if answer_holds(key, answer) else "NOT SIGNED by the device key"
+    print(f"HTTP {answer.status_code}, {signed}")
+    print(answer.text)
+    return 0 if answer.ok else 1
 
 
 def down() -> int:

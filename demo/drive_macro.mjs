@@ -3,7 +3,7 @@
  * HTTP(S) requests to a running connector: what a person at the device would see, step by step.
  *
  * As a script (used by `python -m demo`): the first stdin line is the device's settings
- * `{"connectorUrl", "deviceToken", "serial", "allowInsecureHttps"}`; each further line is one
+ * `{"connectorUrl", "deviceKey", "serial", "allowInsecureHttps"}`; each further line is one
  * action `{"press": "login" | "lock" | "enroll"}` or `{"type": "Name"}` (the name asked for by
  * "Update my photo"). One JSON line answers each: what the screen shows afterwards, the connector
  * answer behind it and how long it took. The macro's console goes to stderr. The connector's
@@ -70,10 +70,10 @@ let wrapped = false;
 
 /**
  * A factory-fresh device with HttpClient on, the given serial, real network, and the macro started
- * with {connectorUrl, deviceToken, allowInsecureHttps}. Self-signed connectors need both the macro
- * setting and the device configuration, as on RoomOS.
+ * with {connectorUrl, deviceKey (base64url), allowInsecureHttps}. Self-signed connectors need both
+ * the macro setting and the device configuration, as on RoomOS.
  */
-export async function bootDevice({ connectorUrl, deviceToken, serial, allowInsecureHttps = false }) {
+export async function bootDevice({ connectorUrl, deviceKey, serial, allowInsecureHttps = false }) {
   macro.stop();
   fake.reset();
   if (!wrapped) recordExchanges();
@@ -83,7 +83,7 @@ export async function bootDevice({ connectorUrl, deviceToken, serial, allowInsec
   if (allowInsecureHttps) fake.setConfig('HttpClient AllowInsecureHTTPS', 'True');
   fake.setStatus('SystemUnit Hardware Module SerialNumber', serial);
   fake.http.useNetwork();
-  await macro.start({ connectorUrl, deviceToken, allowInsecureHttps, requestTimeoutSeconds: 25 });
+  await macro.start({ connectorUrl, deviceKey, allowInsecureHttps, requestTimeoutSeconds: 25 });
   await until(() => exchanges.every((entry) => entry.done) && exchanges.length > 0);
 }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from demo.macro_client import key_text
 from demo.photos import DemoFrames, demo_frames
 from demo.stack import SimDevice, Stack, start_stack
 
@@ -111,7 +112,11 @@ def description(launched: Launched) -> dict[str, Any]:
             "ca": str(stack.ca_path),
             "config": str(stack.config_path),
         },
-        "device": {"serial": device.serial, "token": device.token, "enrolled": frames.person},
+        "device": {
+            "serial": device.serial,
+            "key": key_text(device.key),
+            "enrolled": frames.person,
+        },
         "function": {"url": stack.function_url},
         "simulator": {
             "url": device.url,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from demo.launch import DEMO_DIR, Launched, connector_records, fresh_folder, launch, say, step
+from demo.macro_client import key_text
 from demo.stack import Stack
 
 DRIVER = Path(__file__).with_name("drive_macro.mjs")
@@ -261,7 +262,7 @@ def run_demo() -> int:
             driver.ask(
                 {
                     "connectorUrl": stack.connector_url,
-                    "deviceToken": launched.device.token,
+                    "deviceKey": key_text(launched.device.key),
                     "serial": launched.device.serial,
                 }
             )

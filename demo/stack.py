@@ -22,9 +22,10 @@ from typing import Any
 
 import requests
 
-from connector.auth import token_hash
 from connector.simulator import DeviceSimulator
+from connector.store import Store
 from connector.tls import self_signed_identity
+from demo.macro_client import send
 from tests.procs import ServerProcess, free_port, start_function, start_module
 from tests.secrets_used import register as register_secret
 
@@ -34,7 +35,7 @@ SIM_ACCOUNT = "faceid-connector"
 @dataclass
 class SimDevice:
     serial: str
-    token: str
+    key: bytes  # the device key of protocol v2 (32 bytes)
     process: ServerProcess | None  # None: in this process (`simulator`) or not ours to stop
     url: str
     fingerprint: str
@@ -43,7 +44,7 @@ class SimDevice:
     simulator: DeviceSimulator | None = None
 
     def __post_init__(self) -> None:
-        register_secret("device token", self.token)  # the test run's leak scan looks for it
+        register_secret("device key", self.key)  # the test run's leak scan looks for it
 
     def control(self, **switches: Any) -> dict[str, Any]:
         """Flip simulator switches (images=PATH, black=True, no_option_key=True, slow_s=...)."""
@@ -92,14 +93,24 @@ class Stack:
         device: SimDevice,
         body: Mapping[str, Any] | None = None,
         timeout: float = 30.0,
+        *,
+        ts: int | None = None,
+        nonce: str | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """What the macro does: one authenticated call to the connector's API."""
-        headers = {"Authorization": f"Bearer {device.token}"}
-        url = self.connector_url + path
-        if body is None:
-            return requests.get(url, headers=headers, verify=str(self.ca_path), timeout=timeout)
-        return requests.post(
-            url, json=body, headers=headers, verify=str(self.ca_path), timeout=timeout
+        """What the macro does: one signed call to the connector's API (POST with a body, GET
+        without); `ts` and `nonce` default to now and a fresh one."""
+        return send(
+            self.connector_url,
+            path,
+            device.key,
+            device.serial,
+            body,
+            verify=str(self.ca_path),
+            timeout=timeout,
+            ts=ts,
+            nonce=nonce,
+            session=session,
         )
 
     def admin(self, *args: str) -> tuple[int, str]:
@@ -191,7 +202,6 @@ def _config_text(
             "[[devices]]",
             f'serial = "{device.serial}"',
             f'host = "{device.url.removeprefix("https://")}"',
-            f'token_sha256 = "{token_hash(device.token)}"',
             f'tls = {{ fingerprint_sha256 = "{device.fingerprint}" }}',
             "",
         ]
@@ -213,9 +223,11 @@ def start_stack(
     in_process: bool = False,
     shared_simulator: bool = False,
     route_function: Callable[[str], str] | None = None,
+    extra_keys: Mapping[str, bytes] | None = None,
 ) -> Stack:
     """Start everything; on any failure, stop what was started and raise with its output.
-    `policy` adds fields to the configuration's [policy] table.
+    `policy` adds fields to the configuration's [policy] table; `extra_keys` gives the devices
+    of `extra_toml` their keys (by serial).
     `sim_args` apply to simulator processes only. `route_function` maps the function's URL to
     the one written in the connector's configuration (a measuring proxy, for instance)."""
     workdir = workdir.resolve()
@@ -243,7 +255,7 @@ def start_stack(
                 sims.append(
                     SimDevice(
                         f"SIM{i:04d}",
-                        secrets.token_urlsafe(32),
+                        secrets.token_bytes(32),
                         None,
                         sim.url,
                         sim.fingerprint,
@@ -269,6 +281,8 @@ def start_stack(
         store_key = secrets.token_bytes(32)
         register_secret("store key", store_key)
         _write_private(workdir / "store.key", base64.b64encode(store_key))
+        keys = {**{d.serial: d.key for d in sims}, **(extra_keys or {})}
+        _store_device_keys(workdir / "faceid.db", store_key, keys)
         port = free_port()
         config_path = workdir / "faceid.toml"
         config_path.write_text(
@@ -299,6 +313,16 @@ def start_stack(
         for sim in threads:
             sim.close()
         raise
+
+
+def _store_device_keys(path: Path, store_key: bytes, keys: Mapping[str, bytes]) -> None:
+    """What `admin add-device` does for each device: its key, encrypted in the store."""
+    store = Store.open(path, store_key)
+    try:
+        for serial, key in keys.items():
+            store.set_device_key(serial, key)
+    finally:
+        store.close()
 
 
 def _start_simulator_process(
@@ -338,7 +362,7 @@ def _devices_of(proc: ServerProcess, ca: Path, count: int, first: int = 0) -> li
             raise RuntimeError(f"the simulator did not announce {count} devices:\n{proc.stderr()}")
         time.sleep(0.02)
     return [
-        SimDevice(f"SIM{first + i:04d}", secrets.token_urlsafe(32), proc, url, fp, control, str(ca))
+        SimDevice(f"SIM{first + i:04d}", secrets.token_bytes(32), proc, url, fp, control, str(ca))
         for i, (url, fp, control) in enumerate(found[:count])
     ]
 

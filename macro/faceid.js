@@ -1,6 +1,6 @@
 /*
  * Face login for RoomOS: the screen stays locked until the connector vouches for the face in front
- * of the camera with an answer signed by this device's token.
+ * of the camera with an answer signed with this device's key (protocol v2, docs/api.md §2).
  *
  * Upload this one file as a macro and activate it; edit SETTINGS first (see docs/macro.md).
  * Runs on the device's QuickJS macro runtime: ES2020, xapi, timers, console; no fetch, no crypto.
@@ -10,13 +10,18 @@ import xapi from 'xapi';
 // ---------------------------------------------------------------------------------------------
 // Settings. Anything written here can be read by the device's administrators.
 const SETTINGS = {
-  // Base URL of the connector, without a trailing path.
+  // Base URL of the connector: scheme, host and port only.
   connectorUrl: 'https://connector.example:8443',
-  // Device token printed once by `python -m connector admin add-device ...`. Empty: stays locked.
-  deviceToken: '',
-  // true only when the connector's certificate is self-signed; the device also needs
-  // `xConfiguration HttpClient AllowInsecureHTTPS: True`.
+  // This device's key (43 characters, base64url), printed once by
+  // `python -m connector admin add-device ...`. It signs requests and checks answers; it is never
+  // sent. Empty or not a 32-byte key: the screen stays locked.
+  deviceKey: '',
+  // The right way to trust a connector certificate no public CA issued is to upload its CA to the
+  // device (`xCommand Security Certificates CA Add`). true skips the certificate check instead:
+  // lab use only; the device also needs `xConfiguration HttpClient AllowInsecureHTTPS: True`.
   allowInsecureHttps: false,
+  // Lab use only: true allows an http:// connectorUrl (signed, but readable by anyone on the way).
+  allowPlainHttp: false,
   // Lock again after this many seconds without interaction (never during a call).
   relockIdleSeconds: 600,
   // Per HTTP request, 1 to 29 seconds (the device's own limit is 30).
@@ -25,7 +30,15 @@ const SETTINGS = {
 // ---------------------------------------------------------------------------------------------
 
 const TITLE = 'Face login';
-const CLOCK_SKEW_S = 30;
+const KEY_BYTES = 32;
+// A verify answer is valid for at most ANSWER_TTL_S; clocks may differ by ANSWER_SKEW_S.
+const ANSWER_TTL_S = 30;
+const ANSWER_SKEW_S = 5;
+const AUTH_SCHEME = 'FaceID-HMAC-SHA256';
+const REQUEST_CONTEXT = 'FACEID-V2';
+const ANSWER_CONTEXT = 'FACEID-V2-ANSWER';
+const SIGNATURE_HEADER = 'x-faceid-signature';
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 const MESSAGE_DURATION_S = 10;
 const NO_CONNECTION_ATTEMPTS = 5;
 const NO_CONNECTION_RETRY_MS = 1000;
@@ -52,17 +65,21 @@ export const MESSAGES = {
   httpClientOff: 'Face login cannot reach its service: HttpClient is off on this device. ' +
     'Ask your administrator.',
   notConfigured: 'Face login is not set up on this device. Ask your administrator.',
+  plainHttp: 'Face login is not set up on this device: its service address must start with ' +
+    'https://. Ask your administrator.',
   noSerial: 'Face login cannot read this device\'s serial number. The screen stays locked.',
   unreachable: 'The face login service cannot be reached. The screen stays locked.',
   busy: 'The device is busy with other web requests. Try again in a moment.',
-  unauthorized:
-    'This device is not registered with the face login service. Ask your administrator.',
+  unauthorized: 'The face login service refused this device: it is not registered, its key is ' +
+    'wrong, or the device clock is wrong. Ask your administrator.',
   rateLimited: 'Too many attempts. Wait a minute, then try again.',
   serviceError: 'The face login service failed. The screen stays locked.',
   malformed: 'The face login service gave an unreadable answer. The screen stays locked.',
   badSignature: 'The answer could not be verified (bad signature). The screen stays locked.',
+  wrongDevice: 'The answer was meant for another device. The screen stays locked.',
   staleAnswer: 'The answer was for an earlier attempt. Try again.',
   expiredAnswer: 'The answer arrived too late (check the device clock). Try again.',
+  futureAnswer: 'The answer is dated in the future (check the device clock). Try again.',
   failed: 'Face login failed. The screen stays locked.',
   locked: 'Screen locked.',
   idleLocked: 'Screen locked after a period without activity.',
@@ -181,18 +198,75 @@ export function toHex(bytes) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Checking the connector's verify answer (docs/api.md §2).
+// Protocol v2 (docs/api.md §2): every request and every answer is signed with the device key.
+
+/** RFC 4648 §5 base64url without padding, canonical only (unused low bits zero); null if not. */
+export function decodeBase64Url(text) {
+  if (typeof text !== 'string' || text.length % 4 === 1) return null;
+  const out = [];
+  let value = 0;
+  let bits = 0;
+  for (let i = 0; i < text.length; i++) {
+    const digit = BASE64URL.indexOf(text[i]);
+    if (digit < 0) return null;
+    value = (value << 6) | digit;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push(value >> bits);
+      value &= (1 << bits) - 1;
+    }
+  }
+  return value === 0 ? new Uint8Array(out) : null;
+}
+
+/** The HMAC key a deviceKey setting holds: exactly 32 bytes, or null (not configured). */
+export function deviceKeyBytes(text) {
+  const bytes = decodeBase64Url(text);
+  return bytes !== null && bytes.length === KEY_BYTES ? bytes : null;
+}
+
+/** JSON with every non-ASCII character escaped: the bytes hashed are the bytes sent. */
+export function asciiJson(value) {
+  return JSON.stringify(value).replace(/[\u0080-\uffff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
 
 let nonceCounter = 0;
 
 /**
- * A fresh nonce for each attempt. No crypto RNG exists here; uniqueness is what the nonce needs
- * (it binds the signed answer to this attempt), and time + counter + Math.random give it.
+ * A fresh nonce for each request. No crypto RNG exists here; uniqueness is what the nonce needs
+ * (it binds the request and its signed answer together), and time + counter + Math.random give it.
  */
 export function makeNonce() {
   nonceCounter += 1;
   const seed = `${Date.now()}|${nonceCounter}|${Math.random()}|${Math.random()}`;
   return toHex(sha256(seed)).slice(0, 32);
+}
+
+/**
+ * What a request signature covers: request = {method, path (with its query string, as sent),
+ * serial, ts (Unix seconds), nonce, body (the exact text sent, '' when none)}.
+ */
+export function requestStringToSign({ method, path, serial, ts, nonce, body }) {
+  return [REQUEST_CONTEXT, method, path, serial, String(ts), nonce, toHex(sha256(body))].join('\n');
+}
+
+/** Lowercase hex HMAC-SHA256 of requestStringToSign(request), keyed with the 32 key bytes. */
+export function signRequest(key, request) {
+  return toHex(hmacSha256(key, requestStringToSign(request)));
+}
+
+/** The Authorization header value: proves the key without sending it. */
+export function authorization(key, request) {
+  const { serial, ts, nonce } = request;
+  return `${AUTH_SCHEME} serial=${serial},ts=${ts},nonce=${nonce},` +
+    `signature=${signRequest(key, request)}`;
+}
+
+/** The X-FaceID-Signature the connector puts on its answer to the request that sent `nonce`. */
+export function signAnswer(key, nonce, bodyText) {
+  return toHex(hmacSha256(key, `${ANSWER_CONTEXT}\n${nonce}\n${bodyText}`));
 }
 
 function sameText(a, b) {
@@ -206,31 +280,60 @@ function isObject(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
+/** The answer's one X-FaceID-Signature value; null when absent or repeated (ambiguous). */
+function signatureHeader(headers) {
+  const found = (Array.isArray(headers) ? headers : []).filter((entry) => isObject(entry) &&
+    typeof entry.Key === 'string' && entry.Key.toLowerCase() === SIGNATURE_HEADER);
+  return found.length === 1 && typeof found[0].Value === 'string' ? found[0].Value : null;
+}
+
+/**
+ * Read an HttpClient result only if its signature header holds over the raw Body for the nonce
+ * this request sent: nothing from anyone without the key, or from another exchange, gets through.
+ * Returns {ok: true, body} or {ok: false, code, message}.
+ */
+export function openAnswer(key, nonce, response) {
+  const text = response && response.Body;
+  const signature = signatureHeader(response && response.Headers);
+  if (typeof text !== 'string' || signature === null ||
+      !sameText(signAnswer(key, nonce, text), signature)) {
+    return { ok: false, code: 'bad_signature', message: MESSAGES.badSignature };
+  }
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    body = null;
+  }
+  if (!isObject(body)) return { ok: false, code: 'malformed_answer', message: MESSAGES.malformed };
+  return { ok: true, body };
+}
+
 function refused(code, message) {
   return { unlock: false, code, person: null, message };
 }
 
 /**
- * Decide on a verify answer. Unlocks only when the nonce echo, the HMAC signature (keyed with the
- * device token) and the expiry all hold and the verdict is a match; everything else stays locked.
- * expected: {serial, nonce, token, nowSeconds}.
+ * Decide on a verify answer whose signature already held (openAnswer). Unlocks only when it is for
+ * this device and this attempt, its expiry fits the device clock, and the verdict is a match with
+ * a person; everything else stays locked. expected: {serial, nonce, nowSeconds}.
  */
 export function checkVerifyAnswer(answer, expected) {
   if (!isObject(answer)) return refused('malformed_answer', MESSAGES.malformed);
-  const { verdict, person, nonce, signature } = answer;
+  const { verdict, person, serial, nonce } = answer;
   const expiresAt = answer.expires_at;
   const personOk = person === null || person === undefined || typeof person === 'string';
-  if (!VERDICTS.includes(verdict) || !personOk || !Number.isSafeInteger(expiresAt) ||
-      typeof signature !== 'string') {
+  if (!VERDICTS.includes(verdict) || !personOk || typeof serial !== 'string' ||
+      !Number.isSafeInteger(expiresAt)) {
     return refused('malformed_answer', MESSAGES.malformed);
   }
+  if (serial !== expected.serial) return refused('wrong_serial', MESSAGES.wrongDevice);
   if (nonce !== expected.nonce) return refused('stale_answer', MESSAGES.staleAnswer);
-  const signed = `${expected.serial}|${expected.nonce}|${verdict}|${person || ''}|${expiresAt}`;
-  if (!sameText(toHex(hmacSha256(expected.token, signed)), signature)) {
-    return refused('bad_signature', MESSAGES.badSignature);
-  }
-  if (expected.nowSeconds > expiresAt + CLOCK_SKEW_S) {
+  if (expected.nowSeconds > expiresAt + ANSWER_SKEW_S) {
     return refused('expired_answer', MESSAGES.expiredAnswer);
+  }
+  if (expiresAt > expected.nowSeconds + ANSWER_TTL_S + ANSWER_SKEW_S) {
+    return refused('future_answer', MESSAGES.futureAnswer);
   }
   if (verdict === 'match') {
     if (typeof person !== 'string' || person.trim() === '') {
@@ -276,8 +379,25 @@ function errorText(err) {
   return String((err && err.message) || err);
 }
 
+/** Why these settings cannot work, as {log, message}; null when they can. */
+function setupProblem() {
+  if (!settings.key) {
+    return { log: 'deviceKey in SETTINGS is not a 43-character base64url key (32 bytes)',
+      message: MESSAGES.notConfigured };
+  }
+  if (!/^https?:\/\/[^\s/?#]+$/.test(settings.connectorUrl)) {
+    return { log: 'connectorUrl in SETTINGS is not http(s)://host[:port]',
+      message: MESSAGES.notConfigured };
+  }
+  if (settings.connectorUrl.startsWith('http:') && !settings.allowPlainHttp) {
+    return { log: 'connectorUrl in SETTINGS is http:// and allowPlainHttp is false: refused',
+      message: MESSAGES.plainHttp };
+  }
+  return null;
+}
+
 function configured() {
-  return settings.deviceToken !== '' && /^https?:\/\/[^\s/]+/.test(settings.connectorUrl);
+  return setupProblem() === null;
 }
 
 function sleep(ms) {
@@ -397,6 +517,7 @@ function tellConnectorLocked() {
     if (serial === null) return;
     const answer = await post('/v1/lock', { serial });
     if (!answer.ok) log(`connector lock not confirmed (${answer.code})`);
+    else if (answer.body.unlocked !== false) log('connector lock not confirmed (still unlocked)');
   });
 }
 
@@ -480,8 +601,9 @@ async function optionKeyMissing() {
 
 /** Says once per start what keeps face login from working at all. */
 async function reportPrerequisites() {
-  if (!configured()) {
-    log('connector URL or device token is not set in SETTINGS');
+  const problem = setupProblem();
+  if (problem !== null) {
+    log(problem.log);
     return;
   }
   const mode = await attempt('reading HttpClient Mode', () => xapi.Config.HttpClient.Mode.get());
@@ -497,7 +619,7 @@ async function reportPrerequisites() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP: one request at a time (the device refuses parallel ones), answers parsed, never thrown.
+// HTTP: one request at a time (the device refuses parallel ones), answers verified, never thrown.
 
 function post(path, payload) {
   const run = state.queue.then(() => postNow(path, payload));
@@ -546,41 +668,44 @@ function failure(err) {
   return { ok: false, code: 'service_error', message: MESSAGES.serviceError };
 }
 
-function parseBody(response) {
-  const text = response && response.Body;
-  let body = null;
-  if (typeof text === 'string') {
-    try {
-      body = JSON.parse(text);
-    } catch (err) {
-      body = null;
-    }
-  }
-  if (!isObject(body)) return { ok: false, code: 'malformed_answer', message: MESSAGES.malformed };
-  return { ok: true, body };
+/** One signed request: a fresh nonce and timestamp each time, even for a retry. */
+function signedRequest(path, serial, body) {
+  const request = {
+    method: 'POST', path, serial, ts: Math.floor(Date.now() / 1000), nonce: makeNonce(), body,
+  };
+  return {
+    nonce: request.nonce,
+    params: {
+      Url: settings.connectorUrl + path,
+      Header: [
+        'Content-Type: application/json',
+        'Accept: application/json',
+        `Authorization: ${authorization(settings.key, request)}`,
+      ],
+      AllowInsecureHTTPS: settings.allowInsecureHttps ? 'True' : 'False',
+      ResultBody: 'PlainText',
+      Timeout: settings.requestTimeoutSeconds,
+    },
+  };
 }
 
+/** {ok: true, body, nonce} for a verified answer; {ok: false, code, message} otherwise. */
 async function postNow(path, payload) {
-  const params = {
-    Url: settings.connectorUrl + path,
-    Header: [
-      'Content-Type: application/json',
-      'Accept: application/json',
-      `Authorization: Bearer ${settings.deviceToken}`,
-    ],
-    AllowInsecureHTTPS: settings.allowInsecureHttps ? 'True' : 'False',
-    ResultBody: 'PlainText',
-    Timeout: settings.requestTimeoutSeconds,
-  };
-  const body = JSON.stringify(payload);
+  const body = asciiJson(payload);
   const deadlineMs = (settings.requestTimeoutSeconds + 5) * 1000;
   for (let tries = 1; ; tries++) {
+    const request = signedRequest(path, payload.serial, body);
+    let response;
     try {
-      return parseBody(await withDeadline(xapi.Command.HttpClient.Post(params, body), deadlineMs));
+      response = await withDeadline(xapi.Command.HttpClient.Post(request.params, body), deadlineMs);
     } catch (err) {
       if (!isNoConnection(err) || tries >= NO_CONNECTION_ATTEMPTS) return failure(err);
       await sleep(NO_CONNECTION_RETRY_MS);
+      continue;
     }
+    const answer = openAnswer(settings.key, request.nonce, response);
+    if (!answer.ok) log(`answer from ${path} refused (${answer.code})`);
+    return Object.assign(answer, { nonce: request.nonce });
   }
 }
 
@@ -589,7 +714,8 @@ async function postNow(path, payload) {
 
 /** Shared checks before the connector is asked to take a snapshot; returns a message or null. */
 async function snapshotBlocker() {
-  if (!configured()) return MESSAGES.notConfigured;
+  const problem = setupProblem();
+  if (problem !== null) return problem.message;
   if (await cameraLidClosed()) return MESSAGES.lidClosed;
   if (await optionKeyMissing()) return MESSAGES.noOptionKey;
   return null;
@@ -625,9 +751,8 @@ function login() {
     const mine = generation;
     const serial = await cameraReady();
     if (serial === null) return;
-    const nonce = makeNonce();
     startProgress(MESSAGES.look);
-    const answer = await post('/v1/verify', { serial, nonce });
+    const answer = await post('/v1/verify', { serial });
     stopProgress();
     if (generation !== mine) return; // locked meanwhile: this answer is void
     if (!answer.ok) {
@@ -635,7 +760,7 @@ function login() {
       return;
     }
     const outcome = checkVerifyAnswer(answer.body, {
-      serial, nonce, token: settings.deviceToken, nowSeconds: Math.floor(Date.now() / 1000),
+      serial, nonce: answer.nonce, nowSeconds: Math.floor(Date.now() / 1000),
     });
     log(`verify: ${outcome.unlock ? 'match' : outcome.code}`);
     if (outcome.unlock) {
@@ -743,8 +868,9 @@ function normalise(overrides) {
   const idle = Math.round(Number(merged.relockIdleSeconds));
   return Object.freeze({
     connectorUrl: String(merged.connectorUrl).replace(/\/+$/, ''),
-    deviceToken: String(merged.deviceToken),
+    key: deviceKeyBytes(String(merged.deviceKey).trim()),
     allowInsecureHttps: merged.allowInsecureHttps === true,
+    allowPlainHttp: merged.allowPlainHttp === true,
     relockIdleSeconds: idle >= 10 ? idle : 10,
     requestTimeoutSeconds: timeout >= 1 && timeout <= 29 ? timeout : 25,
   });

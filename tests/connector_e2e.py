@@ -1,12 +1,10 @@
 """What the connector's end-to-end tests share: the checks the macro makes on every verify answer
-(recomputed here from docs/api.md, not with the connector's own code), extra devices written into
-the generated TOML, and a look into the store the running connector writes."""
+(demo/macro_client.py, written from docs/api.md, not with the connector's own code), extra devices
+written into the generated TOML, and a look into the store the running connector writes."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import io
 import secrets
 import time
@@ -20,9 +18,9 @@ import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
-from connector.auth import token_hash
 from connector.simulator import DeviceSimulator
 from connector.store import Store
+from demo.macro_client import answer_holds, sent_nonce
 from demo.photos import write_frames
 from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
 from tests.fakes.webex import FakeWebex
@@ -33,50 +31,36 @@ ANSWER_KEYS = {
     "person",
     "message",
     "retry_after_s",
+    "serial",
     "nonce",
     "expires_at",
-    "signature",
 }
 
 
-def fresh_nonce() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def expected_signature(token: str, answer: dict[str, Any], serial: str) -> str:
-    """docs/api.md §2: HMAC-SHA256 keyed with the device token over serial|nonce|verdict|person|
-    expires_at, person empty when null, expires_at in decimal."""
-    message = "|".join(
-        [
-            serial,
-            answer["nonce"],
-            answer["verdict"],
-            answer["person"] or "",
-            str(answer["expires_at"]),
-        ]
-    )
-    return hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
+def signed_answer(device: SimDevice, response: requests.Response) -> dict[str, Any]:
+    """The JSON of an answer whose X-FaceID-Signature holds for this device and request."""
+    assert answer_holds(device.key, response), f"answer not signed: {response.text}"
+    return dict(response.json())
 
 
 def verify(stack: Stack, device: SimDevice) -> dict[str, Any]:
-    """One login attempt, checked as the macro checks it: 200, signed with this device's token,
-    the nonce echoed, valid for at most 60 s. An answer with a code is never a match."""
-    nonce = fresh_nonce()
+    """One login attempt, checked as the macro checks it: 200, signed with this device's key
+    over the nonce sent, serial and nonce echoed, valid for at most 30 s. An answer with a code
+    is never a match."""
     asked = time.time()
-    response = stack.call("/v1/verify", device, {"serial": device.serial, "nonce": nonce})
+    response = stack.call("/v1/verify", device, {"serial": device.serial})
     assert response.status_code == 200, response.text
     assert response.headers["X-Request-Id"]
-    answer = response.json()
+    answer = signed_answer(device, response)
     assert set(answer) == ANSWER_KEYS
-    assert answer["nonce"] == nonce
-    assert answer["signature"] == expected_signature(device.token, answer, device.serial)
-    assert asked < answer["expires_at"] <= time.time() + 60
+    assert (answer["serial"], answer["nonce"]) == (device.serial, sent_nonce(response))
+    assert asked < answer["expires_at"] <= time.time() + 30
     assert isinstance(answer["message"], str) and 0 < len(answer["message"]) <= 255
     if answer["verdict"] == "match":
         assert answer["code"] is None and answer["person"]
     else:
         assert answer["code"] and answer["person"] is None
-    return dict(answer)
+    return answer
 
 
 def assert_error(answer: dict[str, Any], code: str) -> None:
@@ -86,13 +70,13 @@ def assert_error(answer: dict[str, Any], code: str) -> None:
 def enroll(stack: Stack, device: SimDevice, person: str) -> dict[str, Any]:
     response = stack.call("/v1/enroll", device, {"serial": device.serial, "person": person})
     assert response.status_code == 200, response.text
-    return dict(response.json())
+    return signed_answer(device, response)
 
 
 def status(stack: Stack, device: SimDevice) -> dict[str, Any]:
     response = stack.call(f"/v1/status?serial={device.serial}", device)
     assert response.status_code == 200, response.text
-    return dict(response.json())
+    return signed_answer(device, response)
 
 
 def sim_stats(device: SimDevice) -> dict[str, Any]:
@@ -126,10 +110,9 @@ def extra_device(
     host = host or (sim.host if sim else None)
     fingerprint = fingerprint or (sim.fingerprint if sim else None)
     assert host and fingerprint
-    token = secrets.token_urlsafe(32)
     device = SimDevice(
         serial=serial,
-        token=token,
+        key=secrets.token_bytes(32),
         process=None,
         url=f"https://{host}",
         fingerprint=fingerprint,
@@ -144,7 +127,6 @@ def extra_device(
             f'host = "{host}"',
             f'username = "{SIM_ACCOUNT}"',
             f'password = "{password_ref}"',
-            f'token_sha256 = "{token_hash(token)}"',
             f'tls = {{ fingerprint_sha256 = "{fingerprint}" }}',
             "",
         ]
@@ -223,6 +205,7 @@ def two_devices_with_webex(
                 ]
             ),
             connector_env={"BOARD_PASSWORD": password, "WEBEX_BOT_TOKEN": webex.token},
+            extra_keys={board.device.serial: board.device.key},
         )
         yield TwoDevices(stack, webex, stack.devices[0], board.device, frames, password)
     finally:

@@ -3,12 +3,13 @@ stack (local engine): what an administrator does, and what the running connector
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 
-from connector.auth import token_hash
 from connector.config import load_config
+from demo.macro_client import key_text
 from demo.photos import write_frames
 from demo.stack import start_stack
 from tests.connector_e2e import (
@@ -48,7 +49,21 @@ def admin_ok(stack, *args: str) -> str:
     return output
 
 
-def test_add_device_shows_its_token_once_and_the_file_keeps_only_its_hash(stack):
+def printed_key(output: str) -> str:
+    """The key on the line after "shown once"; it must appear nowhere else in the output."""
+    lines = output.splitlines()
+    key = lines[lines.index(next(x for x in lines if "shown once" in x)) + 1].strip()
+    assert output.count(key) == 1
+    return key
+
+
+def decoded(key: str) -> bytes:
+    raw = base64.urlsafe_b64decode(key + "=")
+    assert len(key) == 43 and len(raw) == 32 and key_text(raw) == key
+    return raw
+
+
+def test_add_device_shows_its_key_once_and_keeps_it_only_encrypted_in_the_store(stack):
     output = admin_ok(
         stack,
         "add-device",
@@ -63,21 +78,42 @@ def test_add_device_shows_its_token_once_and_the_file_keeps_only_its_hash(stack)
         "--fingerprint",
         ":".join(["0F"] * 32),
     )
-    lines = output.splitlines()
-    token = lines[lines.index(next(x for x in lines if "shown once" in x)) + 1].strip()
-    assert len(token) >= 32
-    assert output.count(token) == 1
+    key = decoded(printed_key(output))
     text = stack.config_path.read_text()
-    assert token not in text
-    assert token_hash(token) in text
-    added = load_config(stack.config_path).device("NEWROOM1")
-    assert added is not None and added.token_sha256 == token_hash(token)
+    assert key_text(key) not in text and key.hex() not in text
+    assert load_config(stack.config_path).device("NEWROOM1") is not None
+    db = (stack.workdir / "faceid.db").read_bytes()
+    assert key not in db and key_text(key).encode() not in db and key.hex().encode() not in db
+    store = open_store(stack)
+    try:
+        assert store.device_key("NEWROOM1") == key
+    finally:
+        store.close()
 
     code, output = stack.admin(
         "add-device", "--serial", "NEWROOM1", "--host", "10.1.2.4", "--username", "x",
         "--password-ref", "env:X", "--insecure",
     )  # fmt: skip
     assert code != 0 and "already" in output
+
+
+def test_rotate_key_takes_effect_at_once_and_keeps_the_enrollments(stack, frames):
+    device = stack.devices[1]
+    admin_ok(
+        stack, "enroll", "--serial", device.serial, "--person", PERSON,
+        "--image", str(frames["grace_hopper"]),
+    )  # fmt: skip
+    old = device.key
+    new = decoded(printed_key(admin_ok(stack, "rotate-key", "--serial", device.serial)))
+    assert new != old
+    refused = stack.call("/v1/verify", device, {"serial": device.serial})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "unauthorized")
+    device.key = new
+    assert verify(stack, device)["person"] == PERSON  # no restart, the photo kept
+    stack.call("/v1/lock", device, {"serial": device.serial})
+    admin_ok(stack, "remove-person", "--serial", device.serial, "--person", PERSON)
+    code, output = stack.admin("rotate-key", "--serial", "NOSUCHROOM")
+    assert code == 1 and "No device NOSUCHROOM" in output
 
 
 def test_enroll_from_a_file_reaches_the_running_connector_until_the_person_is_removed(
@@ -150,7 +186,7 @@ def test_remove_device_drops_it_from_the_file_and_forgets_its_people(stack, fram
 def test_audit_lists_requests_newest_first_with_their_request_id(stack):
     device = stack.devices[1]
     answers = [
-        stack.call("/v1/verify", device, {"serial": device.serial, "nonce": f"audit-{i:012d}"})
+        stack.call("/v1/verify", device, {"serial": device.serial}, nonce=f"audit-{i:012d}")
         for i in range(2)
     ]
     output = admin_ok(stack, "audit", "--serial", device.serial, "--json", "--limit", "2")

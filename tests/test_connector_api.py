@@ -1,11 +1,14 @@
 """The connector's macro API (docs/api.md §2) end to end: the connector process over HTTPS, the real
 function process with the local engine, simulated devices. Every answer is checked as the macro
-checks it (signature recomputed here, nonce echo, expiry)."""
+checks it (signature recomputed here, serial and nonce echo, expiry)."""
 
 from __future__ import annotations
 
 import io
 import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,13 +18,20 @@ from PIL import Image
 
 from connector.simulator import DeviceSimulator
 from connector.tls import peer_fingerprint, pem_fingerprint, self_signed_identity
+from demo.macro_client import (
+    SIGNATURE_HEADER,
+    answer_holds,
+    answer_signature,
+    authorization,
+    body_bytes,
+    sent_nonce,
+)
 from demo.photos import FRAME, write_frames
 from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
 from tests.connector_e2e import (
     assert_error,
     enroll,
     extra_device,
-    fresh_nonce,
     image_size,
     open_sessions,
     open_store,
@@ -104,6 +114,7 @@ def world(frames, tmp_path_factory):
                 "EXTRA_PASSWORD": extra_password,
                 "WRONG_PASSWORD": secrets.token_urlsafe(18),
             },
+            extra_keys={e.device.serial: e.device.key for e in extras.values()},
         )
         devices = Devices(stack, {name: e.device for name, e in extras.items()})
         answer = enroll(stack, devices.enrolled, GRACE)
@@ -329,72 +340,167 @@ def test_the_stored_face_is_a_small_crop_encrypted_at_rest(stack, devices, frame
 # --- authentication and HTTP rules ---------------------------------------------------------------
 
 
-def _post(stack, path, body=None, token=None, source="127.0.0.1", **kwargs):
-    headers = kwargs.pop("headers", {})
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+def _post(stack, path, data=b"", headers=None, source="127.0.0.1"):
+    """A raw POST (what a client that is not the macro may send)."""
     with session_from(source) as http:
         http.trust_env = False
         return http.post(
             stack.connector_url + path,
-            json=body,
-            headers=headers,
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
             verify=str(stack.ca_path),
             timeout=30,
-            **kwargs,
         )
 
 
-def test_a_wrong_token_and_an_unknown_serial_get_the_same_401(stack, devices):
+def _signed_post(stack, device, path, data: bytes, *, key=None, serial=None, source="127.0.0.1"):
+    """POST `data` exactly as given, signed by `key` (the device's by default) as `serial`."""
+    serial = serial or device.serial
+    header = authorization(key or device.key, "POST", path, serial, data)
+    return _post(stack, path, data, {"Authorization": header}, source)
+
+
+def _verify_body(device) -> bytes:
+    return body_bytes({"serial": device.serial})
+
+
+def test_a_wrong_key_and_an_unknown_serial_get_the_same_401(stack, devices):
     device = devices.enrolled
-    wrong_token = _post(
+    body = _verify_body(device)
+    wrong_key = _signed_post(
+        stack, device, "/v1/verify", body, key=secrets.token_bytes(32), source="127.0.0.2"
+    )
+    unknown = _signed_post(
         stack,
+        device,
         "/v1/verify",
-        {"serial": device.serial, "nonce": fresh_nonce()},
-        token=secrets.token_urlsafe(32),
+        body_bytes({"serial": "NOSUCHDEVICE"}),
+        serial="NOSUCHDEVICE",
         source="127.0.0.2",
     )
-    unknown_serial = _post(
-        stack,
-        "/v1/verify",
-        {"serial": "NOSUCHDEVICE", "nonce": fresh_nonce()},
-        token=device.token,
-        source="127.0.0.2",
-    )
-    assert wrong_token.status_code == unknown_serial.status_code == 401
-    assert wrong_token.content == unknown_serial.content
-    assert wrong_token.json()["error"]["code"] == "unauthorized"
-    assert wrong_token.headers["X-Request-Id"] != unknown_serial.headers["X-Request-Id"]
+    assert wrong_key.status_code == unknown.status_code == 401
+    assert wrong_key.content == unknown.content
+    assert wrong_key.json()["error"]["code"] == "unauthorized"
+    assert SIGNATURE_HEADER not in wrong_key.headers and SIGNATURE_HEADER not in unknown.headers
+    assert wrong_key.headers["X-Request-Id"] != unknown.headers["X-Request-Id"]
 
 
-@pytest.mark.parametrize("header", [None, "Basic Zm9vOmJhcg==", "Bearer", "Bearer "])
-def test_a_request_without_a_bearer_token_is_401(stack, devices, header):
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Basic Zm9vOmJhcg==",
+        "Bearer",
+        "Bearer 0123456789abcdef0123456789abcdef",
+        "FaceID-HMAC-SHA256",
+        "FaceID-HMAC-SHA256 serial=SIM0000,ts=1,nonce=0123456789abcdef",
+        "faceid-hmac-sha256 serial=SIM0000,ts=1,nonce=0123456789abcdef,signature=" + "0" * 64,
+        "FaceID-HMAC-SHA256 serial=SIM0000,ts=1,nonce=short,signature=" + "0" * 64,
+        "FaceID-HMAC-SHA256 serial=SIM0000,ts=1,nonce=0123456789abcdef,signature=" + "A" * 64,
+        "FaceID-HMAC-SHA256 serial=SIM0000, ts=1,nonce=0123456789abcdef,signature=" + "0" * 64,
+    ],
+)
+def test_a_request_without_a_well_formed_signature_is_401(stack, devices, header):
     device = devices.enrolled
     headers = {} if header is None else {"Authorization": header}
-    answer = _post(
-        stack,
-        "/v1/verify",
-        {"serial": device.serial, "nonce": fresh_nonce()},
-        headers=headers,
-        source="127.0.0.4",
-    )
+    answer = _post(stack, "/v1/verify", _verify_body(device), headers, source="127.0.0.4")
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "unauthorized"
 
 
+def test_a_request_signed_for_another_body_path_or_method_is_401(stack, devices):
+    device = devices.enrolled
+    body = _verify_body(device)
+    other_body = authorization(device.key, "POST", "/v1/verify", device.serial, body + b" ")
+    other_path = authorization(device.key, "POST", "/v1/lock", device.serial, body)
+    other_method = authorization(device.key, "GET", "/v1/verify", device.serial, body)
+    for header in (other_body, other_path, other_method):
+        answer = _post(stack, "/v1/verify", body, {"Authorization": header}, source="127.0.0.5")
+        assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthorized")
+
+
+def test_a_body_naming_another_serial_than_the_signature_is_401_and_signed(stack, devices):
+    device, other = devices.enrolled, devices.empty
+    for body in (body_bytes({"serial": other.serial}), b"{}"):
+        answer = _signed_post(stack, device, "/v1/verify", body, source="127.0.0.5")
+        assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthorized")
+        assert answer_holds(device.key, answer)
+    answer = stack.call(f"/v1/status?serial={other.serial}", device)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("offset_s", [-61, 61, -3600, 10**9])
+def test_a_request_more_than_60_s_off_the_clock_is_401_clock_skew(stack, devices, offset_s):
+    device = devices.empty
+    answer = stack.call(
+        "/v1/verify", device, {"serial": device.serial}, ts=int(time.time()) + offset_s
+    )
+    assert (answer.status_code, answer.json()["error"]["code"]) == (401, "clock_skew")
+    assert answer_holds(device.key, answer), "a refusal after a valid signature is signed"
+
+
+def test_a_request_55_s_off_the_clock_is_accepted(stack, devices):
+    device = devices.empty
+    for offset_s in (-55, 55):
+        answer = stack.call(
+            "/v1/verify", device, {"serial": device.serial}, ts=int(time.time()) + offset_s
+        )
+        assert answer.status_code == 200, answer.text
+
+
+def test_a_replayed_request_is_401_replayed_and_reaches_no_device(stack, devices):
+    device = devices.enrolled
+    body = _verify_body(device)
+    header = {"Authorization": authorization(device.key, "POST", "/v1/verify", device.serial, body)}
+    first = _post(stack, "/v1/verify", body, header)
+    assert first.status_code == 200 and answer_holds(device.key, first)
+    before = sim_stats(device)["device_requests"]
+    again = _post(stack, "/v1/verify", body, header, source="127.0.0.6")
+    assert (again.status_code, again.json()["error"]["code"]) == (401, "replayed")
+    assert sim_stats(device)["device_requests"] == before
+
+
+def test_the_same_signed_request_sent_20_times_at_once_is_accepted_at_most_once(stack, devices):
+    device = devices.enrolled
+    body = _verify_body(device)
+    header = {"Authorization": authorization(device.key, "POST", "/v1/verify", device.serial, body)}
+    before = sim_stats(device)["signins"]
+    barrier = threading.Barrier(20)
+
+    def send(i: int) -> requests.Response:
+        barrier.wait()
+        return _post(stack, "/v1/verify", body, header, source=f"127.0.1.{i + 1}")
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(send, range(20)))
+    codes = sorted(
+        a.json().get("error", {}).get("code", "accepted") if a.status_code != 200 else "accepted"
+        for a in answers
+    )
+    assert codes.count("accepted") == 1, codes
+    assert codes.count("replayed") == 19, codes
+    assert sim_stats(device)["signins"] - before == 1
+
+
 def test_repeated_failed_authentication_from_one_address_is_rate_limited(stack, devices):
     device = devices.enrolled
-    body = {"serial": device.serial, "nonce": fresh_nonce()}
+    body = _verify_body(device)
     codes = [
-        _post(stack, "/v1/verify", body, token="wrong-" + str(i), source="127.0.0.3").status_code
-        for i in range(10)
+        _signed_post(
+            stack, device, "/v1/verify", body, key=secrets.token_bytes(32), source="127.0.0.3"
+        ).status_code
+        for _ in range(10)
     ]
     assert codes == [401] * 10
-    refused = _post(stack, "/v1/verify", body, token=device.token, source="127.0.0.3")
+    refused = _signed_post(
+        stack, device, "/v1/verify", body, key=secrets.token_bytes(32), source="127.0.0.3"
+    )
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    assert status(stack, device)["enrolled_people"] == 1  # other addresses are not affected
+    # A correctly signed request from the same address (a device behind the same NAT) still works.
+    assert _signed_post(stack, device, "/v1/lock", body, source="127.0.0.3").status_code == 200
+    assert status(stack, device)["enrolled_people"] == 1
 
 
 @pytest.mark.parametrize(
@@ -402,65 +508,74 @@ def test_repeated_failed_authentication_from_one_address_is_rate_limited(stack, 
     [
         ("/v1/verify", b"not json"),
         ("/v1/verify", b"[1, 2]"),
-        ("/v1/verify", b'{"nonce": "0123456789abcdefgh"}'),
-        ("/v1/verify", b'{"serial": "../etc", "nonce": "0123456789abcdefgh"}'),
-        ("/v1/verify", b'{"serial": 12, "nonce": "0123456789abcdefgh"}'),
         ("/v1/enroll", b'{"serial": "SIM0000", "person": "a/b"}'),
         ("/v1/enroll", b'{"serial": "SIM0000", "person": "tab\\there"}'),
         ("/v1/enroll", b'{"serial": "SIM0000", "person": "   "}'),
         ("/v1/enroll", b'{"serial": "SIM0000"}'),
     ],
 )
-def test_a_malformed_body_is_400(stack, devices, path, raw):
+def test_a_malformed_body_is_400_signed_and_the_device_is_not_contacted(stack, devices, path, raw):
     device = devices.enrolled
     before = sim_stats(device)["device_requests"]
-    answer = _post(
-        stack,
-        path,
-        token=device.token,
-        data=raw,
-        headers={"Content-Type": "application/json"},
-    )
+    answer = _signed_post(stack, device, path, raw)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["code"] == "bad_request"
     assert answer.headers["X-Request-Id"]
+    assert answer_holds(device.key, answer)
     assert sim_stats(device)["device_requests"] == before
 
 
-@pytest.mark.parametrize(
-    "nonce",
-    [None, "", "x" * 15, "x" * 65, "0123456789abcdef+", "0123456789abcdef ", 1234567890123456789],
-)
-def test_a_nonce_breaking_the_rules_is_400_and_the_device_is_not_contacted(stack, devices, nonce):
-    device = devices.enrolled
-    before = sim_stats(device)["device_requests"]
-    body = {"serial": device.serial} if nonce is None else {"serial": device.serial, "nonce": nonce}
-    answer = stack.call("/v1/verify", device, body)
-    assert answer.status_code == 400
-    assert "nonce" in answer.json()["error"]["message"]
-    assert sim_stats(device)["device_requests"] == before
-
-
-def test_the_longest_and_shortest_nonces_are_accepted(stack, devices):
+def test_the_longest_and_shortest_nonces_are_accepted_and_echoed(stack, devices):
     device = devices.empty
     for nonce in ("a" * 16, "Z_-9" * 16):
-        answer = stack.call("/v1/verify", device, {"serial": device.serial, "nonce": nonce})
+        answer = stack.call("/v1/verify", device, {"serial": device.serial}, nonce=nonce)
         assert (answer.status_code, answer.json()["nonce"]) == (200, nonce)
+        assert answer_holds(device.key, answer)
+
+
+def test_every_answer_is_ascii_json_and_signed_over_its_exact_bytes(stack, devices):
+    device = devices.enrolled
+    answers = [
+        stack.call("/v1/lock", device, {"serial": device.serial}),
+        stack.call("/v1/verify", devices.empty, {"serial": devices.empty.serial}),
+        # Refused (locked: people are enrolled and nobody unlocked), the name echoed.
+        stack.call("/v1/enroll", device, {"serial": device.serial, "person": "Zoë Ünal 李"}),
+        stack.call(f"/v1/status?serial={device.serial}", device),
+    ]
+    for answer, signer in zip(answers, (device, devices.empty, device, device), strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.content.isascii()
+        assert answer_holds(signer.key, answer)
+    named = answers[2].json()
+    assert named["person"] == "Zoë Ünal 李" and b"\\u00eb" in answers[2].content
+
+
+def test_a_tampered_answer_no_longer_verifies(stack, devices):
+    device = devices.empty
+    answer = stack.call("/v1/verify", device, {"serial": device.serial})
+    assert answer_holds(device.key, answer)
+    forged = answer.content.replace(b'"message": "', b'"message": "Go in. ', 1)
+    assert forged != answer.content
+    nonce = sent_nonce(answer)
+    assert nonce is not None
+    given = answer.headers[SIGNATURE_HEADER]
+    assert answer_signature(device.key, nonce, forged) != given
+    assert answer_signature(device.key, nonce, answer.content) == given
 
 
 def _chunked(stack, device, body: bytes):
     """Sent without Content-Length (chunked): the limit must hold while reading."""
+    header = authorization(device.key, "POST", "/v1/verify", device.serial, body)
     return _post(
         stack,
         "/v1/verify",
-        token=device.token,
-        data=(body[i : i + 4096] for i in range(0, len(body), 4096)),
-        headers={"Content-Type": "application/json"},
+        (body[i : i + 4096] for i in range(0, len(body), 4096)),
+        {"Authorization": header},
     )
 
 
 def _body_of(device, size: int) -> bytes:
-    head = f'{{"serial": "{device.serial}", "nonce": "{fresh_nonce()}", "pad": "'.encode()
+    head = f'{{"serial": "{device.serial}", "pad": "'.encode()
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 
@@ -483,7 +598,7 @@ def test_a_wrong_method_is_405(stack, devices, method, path):
     answer = requests.request(
         method,
         stack.connector_url + path,
-        headers={"Authorization": f"Bearer {devices.enrolled.token}"},
+        headers={"Authorization": "Bearer x"},
         verify=str(stack.ca_path),
         timeout=10,
     )
@@ -512,10 +627,11 @@ def test_lock_ends_a_session_and_answers_unlocked_false_even_without_one(stack, 
     for _ in range(2):
         answer = stack.call("/v1/lock", device, {"serial": device.serial})
         assert (answer.status_code, answer.json()) == (200, {"unlocked": False})
+        assert answer_holds(device.key, answer)
         assert status(stack, device)["unlocked"] is False
 
 
-def test_health_needs_no_token(stack):
+def test_health_needs_no_signature(stack):
     answer = requests.get(stack.connector_url + "/healthz", verify=str(stack.ca_path), timeout=10)
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
@@ -530,4 +646,4 @@ def test_a_renewed_certificate_is_served_without_a_restart(stack):
     (stack.workdir / "connector.key").write_bytes(key)
     (stack.workdir / "connector.crt").write_bytes(cert)
     assert peer_fingerprint(url.hostname, url.port, 5) == pem_fingerprint(cert) != served
-    test_health_needs_no_token(stack)  # trusted with the new certificate
+    test_health_needs_no_signature(stack)  # trusted with the new certificate

@@ -4,7 +4,6 @@ only by reference, and admin edits that keep the rest of the file as it was."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import stat
@@ -14,7 +13,6 @@ import pytest
 from faceverify.errors import FaceIdError
 
 import connector.config as config_module
-from connector.auth import token_hash
 from connector.config import (
     ConnectorConfig,
     DeviceDefaults,
@@ -32,8 +30,6 @@ from tests.fakes.secret_manager import FakeSecretManager
 from tests.procs import REPO
 
 EXAMPLE = REPO / "infra" / "connector" / "faceid.example.toml"
-HASH_A = hashlib.sha256(b"token a").hexdigest()
-HASH_B = hashlib.sha256(b"token b").hexdigest()
 BASE = """\
 [function]
 url = "https://europe-west1-p.cloudfunctions.net/verify_faces"
@@ -44,14 +40,13 @@ key = "env:FACEID_TEST_STORE_KEY"
 """
 
 
-def device(serial: str = "FOC1", token: str = HASH_A, **fields: str) -> str:
+def device(serial: str = "FOC1", **fields: str) -> str:
     values = {
         "serial": f'"{serial}"',
         "host": '"10.0.0.5"',
         "username": '"faceid"',
         "password": '"env:DEVICE_PW"',
         "tls": "{ insecure = true }",
-        "token_sha256": f'"{token}"',
         **fields,
     }
     body = "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
@@ -147,7 +142,7 @@ def test_device_defaults_fill_in_and_are_overridden(tmp_path):
         BASE
         + '[device_defaults]\nusername = "svc"\npassword = "env:SHARED"\n'
         + device("A", username=None, password=None)
-        + device("B", token=HASH_B, username='"own"', password=None)
+        + device("B", username='"own"', password=None)
     )
     a, b = load_config(write(tmp_path, text)).devices
     assert (a.username, a.password, b.username, b.password) == (
@@ -176,10 +171,10 @@ def test_device_defaults_fill_in_and_are_overridden(tmp_path):
         (BASE + "[server]\nport = true\n", "server.port must be a whole number from 1 to 65535"),
         (BASE + "[server]\ntls_cert = 'c.pem'\n", "server.tls_cert: file"),
         (BASE + device(serial="bad serial"), "devices[0].serial has an invalid value"),
-        (BASE + device("A") + device("A", token=HASH_B),
+        (BASE + device("A") + device("A"),
          "devices[1].serial 'A' is already used by devices[0]"),
-        (BASE + device("A") + device("B"), "devices[1].token_sha256 is the same as devices[0]'s"),
-        (BASE + device(token="abc"), "devices[0].token_sha256 must be 64 hex characters"),
+        (BASE + device(token_sha256='"' + "ab" * 32 + '"'),
+         "devices[0].token_sha256 is no longer used: device keys live in the store"),
         (BASE + device(host='"https://10.0.0.5"'), "devices[0].host has an invalid value"),
         (BASE + device(username=None),
          "devices[0].username is required (here or in [device_defaults])"),
@@ -339,15 +334,15 @@ COMMENTED = (
     + "\n# Boardroom: pinned certificate\n"
     + device("FOC1").lstrip("\n")
     + "\n# The lab desk (comment introducing the next block)\n"
-    + device("FOC2", token=HASH_B).lstrip("\n")
+    + device("FOC2").lstrip("\n")
     + "\n[log]\nlevel = 'DEBUG'  # for now\n"
 )
 
 
-def test_add_device_appends_a_block_and_returns_its_token_once(tmp_path):
+def test_add_device_appends_a_block_that_holds_no_key(tmp_path):
     path = write(tmp_path, COMMENTED)
     path.chmod(0o640)
-    token = add_device(
+    add_device(
         path,
         serial="FOC3",
         host="10.0.0.9:8443",
@@ -358,9 +353,9 @@ def test_add_device_appends_a_block_and_returns_its_token_once(tmp_path):
     )
     text = path.read_text()
     assert text.startswith(COMMENTED)
-    assert token not in text and len(token) >= 43
+    assert "key" not in text[len(COMMENTED) :] and "token" not in text[len(COMMENTED) :]
     added = load_config(path).device("FOC3")
-    assert added is not None and added.token_sha256 == token_hash(token)
+    assert added is not None
     assert (added.host, added.name, added.tls.fingerprint_sha256) == (
         "10.0.0.9:8443",
         'Room "3"',
@@ -400,7 +395,7 @@ def test_remove_device_deletes_only_its_block(tmp_path):
 
 def test_remove_device_handles_a_tls_sub_table(tmp_path):
     text = BASE + device("FOC1", tls=None) + '[devices.tls]\nfingerprint_sha256 = "' + "c" * 64
-    text += '"\n' + device("FOC2", token=HASH_B)
+    text += '"\n' + device("FOC2")
     path = write(tmp_path, text)
     assert load_config(path).devices[0].tls.fingerprint_sha256 == "c" * 64
     assert remove_device(path, "FOC1") is True

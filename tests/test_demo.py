@@ -4,6 +4,7 @@ answer (the end-to-end benchmark relies on both)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,15 +16,16 @@ from pathlib import Path
 
 import requests
 
+from demo.macro_client import answer_holds, send
 from tests.procs import REPO, start_module
 from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg
 
 
-def demo(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
+def demo(command: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FACEID_DEMO_DIR": str(folder)}
     env.pop("DEMO_PHOTOS", None)
     return subprocess.run(
-        [sys.executable, "-m", "demo", command],
+        [sys.executable, "-m", "demo", command, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -45,17 +47,20 @@ def test_demo_up_leaves_a_working_stack_after_it_exits_and_down_stops_it(tmp_pat
     try:
         assert started.returncode == 0, started.stderr
         described = json.loads((tmp_path / "stack.json").read_text())
-        assert (tmp_path / "stack.json").stat().st_mode & 0o077 == 0, "the token file is private"
+        assert (tmp_path / "stack.json").stat().st_mode & 0o077 == 0, "the key file is private"
         connector, device = described["connector"], described["device"]
-        assert device["token"] in started.stdout and "curl" in started.stdout
-        answer = requests.post(
-            connector["url"] + "/v1/verify",
-            json={"serial": device["serial"], "nonce": secrets.token_urlsafe(16)},
-            headers={"Authorization": f"Bearer {device['token']}"},
+        assert device["key"] not in started.stdout and "python -m demo call" in started.stdout
+        called = demo("call", tmp_path, "verify")
+        assert called.returncode == 0, called.stderr
+        assert "signature holds" in called.stdout and '"verdict": "match"' in called.stdout
+        key = base64.urlsafe_b64decode(device["key"] + "=")
+        answer = send(
+            connector["url"], "/v1/verify", key, device["serial"], {"serial": device["serial"]},
             verify=connector["ca"],
-            timeout=30,
-        ).json()
-        assert answer["verdict"] == "match" and answer["person"] == device["enrolled"]
+        )  # fmt: skip
+        assert answer_holds(key, answer)
+        assert answer.json()["verdict"] == "match"
+        assert answer.json()["person"] == device["enrolled"]
         logs = Path(described["logs"])
         assert '"verify match"' in (logs / "connector.stdout.log").read_text()
     finally:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -40,6 +41,7 @@ from connector.config import load_config
 from connector.device import SIGNIN_PATH, SIGNOUT_PATH
 from connector.runtime import DEVICE_BUDGET_S, SIGNOUT_BUDGET_S, build_runtime
 from connector.simulator import DeviceSimulator
+from demo.macro_client import authorization, body_bytes
 from demo.photos import write_frames
 from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
 from tests.connector_e2e import (
@@ -263,6 +265,7 @@ def world(tmp_path_factory) -> Iterator[World]:
                 extra_toml="\n" + wrong.toml,
                 connector_env={"WRONG_PASSWORD": secrets.token_urlsafe(18)},
                 route_function=front.route,
+                extra_keys={wrong.device.serial: wrong.device.key},
             )
             # A cold function spends its first request importing the Secret Manager client,
             # longer than its deadline: one call of its own warms it.
@@ -515,9 +518,11 @@ def test_a_secret_manager_failure_keeps_the_device_locked(world, camera, break_i
 class _Answer:
     """What tests.connector_e2e reads of a requests.Response, from a Flask test response."""
 
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: Any, request_headers: dict[str, str]) -> None:
         self.status_code = response.status_code
         self.headers = response.headers
+        self.request = SimpleNamespace(headers=request_headers)
+        self.content = response.get_data()
         self.text = response.get_data(as_text=True)
         self._json = response.get_json(silent=True)
 
@@ -530,16 +535,18 @@ class InProcessConnector:
     configuration but a store of its own), called through Flask's test client in this thread,
     so each request uses this thread's store connection: the one a fault is set on."""
 
-    def __init__(self, config_path: Path, serial: str) -> None:
-        self.runtime = build_runtime(load_config(config_path), serials={serial})
+    def __init__(self, config_path: Path, device: SimDevice) -> None:
+        self.runtime = build_runtime(load_config(config_path), serials={device.serial})
+        self.runtime.store.set_device_key(device.serial, device.key)
         self.client = create_app(self.runtime).test_client()
         self.db = self.runtime.store._conn()
 
     def call(self, path: str, device: SimDevice, body: Any = None) -> _Answer:
-        headers = {"Authorization": f"Bearer {device.token}"}
-        if body is None:
-            return _Answer(self.client.get(path, headers=headers))
-        return _Answer(self.client.post(path, json=body, headers=headers))
+        data = body_bytes(body)
+        method = "GET" if body is None else "POST"
+        headers = {"Authorization": authorization(device.key, method, path, device.serial, data)}
+        response = self.client.open(path, method=method, data=data, headers=headers)
+        return _Answer(response, headers)
 
 
 def disk_full(connector: InProcessConnector) -> Callable[[], None]:
@@ -572,7 +579,7 @@ def in_process(world, monkeypatch) -> Iterator[InProcessConnector]:
     assert 'path = "faceid.db"' in text
     config.write_text(text.replace('path = "faceid.db"', f'path = "{config.stem}.db"'))
     monkeypatch.setenv("FACEID_DEVICE_PASSWORD", world.password)
-    connector = InProcessConnector(config, world.camera.serial)
+    connector = InProcessConnector(config, world.camera)
     try:
         assert enroll(connector, world.camera, GRACE)["result"] == "enrolled"
         yield connector

@@ -3,28 +3,33 @@ connector/validation.py on their own, then the real connector process (HTTPS, gu
 simulated device. Invalid input of any shape gets a 4xx with a stable code before the device is
 contacted, never a match, and no serial or name ever becomes a file.
 
-Failing examples never show the device token: strategies choose *which* credentials to send
-("right", "wrong", ...) and the test fills the token in."""
+Failing examples never show the device key: strategies choose *which* credentials to send
+("right", "wrong key", ...) and the test signs the request."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import string
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
 from faceverify.errors import FaceIdError
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import validation
+from connector.protocol import AuthError, parse_authorization
+from demo.macro_client import authorization, key_text
 from demo.photos import write_frames
 from demo.stack import Stack, start_stack
-from tests.connector_e2e import enroll, fresh_nonce, open_store, status, verify
+from tests.connector_e2e import enroll, open_store, status, verify
 from tests.procs import REPO
 from tests.test_function_contract import json_values
 
@@ -163,10 +168,14 @@ def test_serial_rule_accepts_exactly_the_documented_alphabet_and_length(value):
 @example(value="a" * 16 + "\n")
 @example(value="a" * 15)
 def test_nonce_rule_accepts_exactly_the_documented_alphabet_and_length(value):
-    if documented_nonce(value):
-        assert validation.nonce(value) == value
+    text = str(value)  # a header carries text only
+    header = f"FaceID-HMAC-SHA256 serial=A,ts=1,nonce={text},signature={'0' * 64}"
+    if documented_nonce(text):
+        assert parse_authorization(header).nonce == text
     else:
-        assert_bad_request(validation.nonce, value)
+        with pytest.raises(AuthError) as refused:
+            parse_authorization(header)
+        assert (refused.value.status, refused.value.code) == (401, "unauthorized")
 
 
 @fuzz(300)
@@ -218,7 +227,16 @@ def no_file_appears(stack):
     assert not [name for name in after if CANARY in name]
 
 
-CREDENTIALS = ["right", "wrong", "none", "basic", "empty bearer"]
+#: What a request may carry: a right signature, one made with another key, a right one whose time
+#: is an hour off, the key itself as a v1 bearer token, or nothing.
+CREDENTIALS = ["right", "wrong key", "stale", "key as bearer", "none"]
+#: The code each kind of wrong credentials gets, whatever the body.
+REFUSED_AS = {
+    "wrong key": "unauthorized",
+    "stale": "clock_skew",
+    "key as bearer": "unauthorized",
+    "none": "unauthorized",
+}
 
 
 def refusal(response: requests.Response) -> tuple[int, str]:
@@ -241,27 +259,37 @@ class Api:
         self._connector = connector
         self._device = device
 
-    def authorization(self, credentials: str) -> dict[str, str]:
-        token = self.stack.devices[0].token
-        header = {
-            "right": f"Bearer {token}",
-            "wrong": f"Bearer {fresh_nonce()}",
-            "basic": f"Basic {token}",
-            "empty bearer": "Bearer ",
-        }.get(credentials)
-        return {} if header is None else {"Authorization": header}
+    def authorization(self, credentials: str, method: str, path: str, raw: bytes) -> dict[str, str]:
+        device = self.stack.devices[0]
+        if credentials == "none":
+            return {}
+        if credentials == "key as bearer":
+            return {"Authorization": f"Bearer {key_text(device.key)}"}
+        key = secrets.token_bytes(32) if credentials == "wrong key" else device.key
+        ts = int(time.time()) - (3600 if credentials == "stale" else 0)
+        return {"Authorization": authorization(key, method, path, DEVICE, raw, ts=ts)}
 
-    def send(self, endpoint: str, body: Any, headers: dict[str, Any]) -> requests.Response:
-        """The body as JSON (NaN as Python writes it). `/v1/status` is a GET with the body's
-        serial, when a string, in the query; its body is ignored."""
-        url = self.stack.connector_url + endpoint
-        headers = {"Content-Type": "application/json", **headers}
+    def send(
+        self,
+        endpoint: str,
+        body: Any,
+        credentials: str = "right",
+        headers: dict[str, Any] | None = None,
+    ) -> requests.Response:
+        """The body as JSON (NaN as Python writes it), signed as `credentials` says, then
+        `headers` on top. `/v1/status` is a GET with the body's serial, when a string, in the
+        query; its body is sent (and signed) but not read."""
         raw = json.dumps(body).encode()
-        if endpoint != "/v1/status":
-            return self._connector.post(url, data=raw, headers=headers, timeout=30)
-        serial = body.get("serial") if isinstance(body, dict) else None
-        params = {"serial": serial} if isinstance(serial, str) else {}
-        return self._connector.get(url, params=params, data=raw, headers=headers, timeout=30)
+        path, method = endpoint, "POST"
+        if endpoint == "/v1/status":
+            serial = body.get("serial") if isinstance(body, dict) else None
+            method = "GET"
+            if isinstance(serial, str):
+                path += "?" + urlencode({"serial": serial})
+        signed = self.authorization(credentials, method, path, raw)
+        headers = {"Content-Type": "application/json", **signed, **(headers or {})}
+        url = self.stack.connector_url + path
+        return self._connector.request(method, url, data=raw, headers=headers, timeout=30)
 
     def device_requests(self) -> int:
         device = self.stack.devices[0]
@@ -271,16 +299,28 @@ class Api:
         answer.raise_for_status()
         return int(answer.json()["device_requests"])
 
-    def untouched(self, endpoint: str, body: Any, headers: dict[str, Any]) -> requests.Response:
+    def untouched(
+        self,
+        endpoint: str,
+        body: Any,
+        credentials: str = "right",
+        headers: dict[str, Any] | None = None,
+    ) -> requests.Response:
         """Send; the device must not have had a single request meanwhile."""
         before = self.device_requests()
-        response = self.send(endpoint, body, headers)
+        response = self.send(endpoint, body, credentials, headers)
         assert self.device_requests() == before, "the device was contacted"
         return response
 
-    def refused(self, endpoint: str, body: Any, headers: dict[str, Any]) -> tuple[int, str]:
+    def refused(
+        self,
+        endpoint: str,
+        body: Any,
+        credentials: str = "right",
+        headers: dict[str, Any] | None = None,
+    ) -> tuple[int, str]:
         """A documented refusal, the device untouched; returns its (status, code)."""
-        return refusal(self.untouched(endpoint, body, headers))
+        return refusal(self.untouched(endpoint, body, credentials, headers))
 
 
 @pytest.fixture(scope="module")
@@ -318,16 +358,14 @@ def test_valid_calls_reach_the_device_and_a_lookalike_path_is_only_a_name(
         assert [p.name for p in store.people(device.serial)] == [person]
     finally:
         store.close()
-    lock = api.send("/v1/lock", {"serial": DEVICE}, api.authorization("right"))
+    lock = api.send("/v1/lock", {"serial": DEVICE})
     assert lock.json() == {"unlocked": False}
 
 
 def well_formed(endpoint: str) -> dict[str, str]:
     """A body that is right in every field for this endpoint."""
     body = {"serial": DEVICE}
-    if endpoint == "/v1/verify":
-        body["nonce"] = fresh_nonce()
-    elif endpoint == "/v1/enroll":
+    if endpoint == "/v1/enroll":
         body["person"] = "Valid Name"
     return body
 
@@ -338,7 +376,7 @@ bodies = json_values | st.fixed_dictionaries(
     {},
     optional={
         "serial": st.just(DEVICE) | token_like(1, 64),
-        "nonce": token_like(16, 64).filter(lambda v: not documented_nonce(v)),
+        "nonce": token_like(16, 64),  # a v1 field, read by nobody now
         "person": name_like().filter(lambda v: documented_person(v) is None),
     },
 )
@@ -347,34 +385,31 @@ bodies = json_values | st.fixed_dictionaries(
 @pytest.mark.slow
 @fuzz(200)
 @given(endpoint=st.sampled_from(ENDPOINTS), body=bodies, credentials=st.sampled_from(CREDENTIALS))
-@example(
-    endpoint="/v1/verify", body={"serial": DEVICE, "nonce": "a" * 16 + "\n"}, credentials="right"
-)
+@example(endpoint="/v1/verify", body=[{"serial": DEVICE}], credentials="right")
+@example(endpoint="/v1/status", body={"serial": DEVICE + "\n"}, credentials="right")
 def test_any_json_body_with_any_credentials_is_refused_before_the_device(
     api, no_file_appears, endpoint, body, credentials
 ):
-    """Only a well-formed call with the device's token gets past; nothing reaches the device.
-    (`/v1/status` takes the body's serial in its query string.)"""
+    """Only a call signed by the device and naming it gets past; nothing reaches the device.
+    The signature is checked before the body is read: wrong credentials are refused whatever
+    the body. (`/v1/status` takes the body's serial in its query string.)"""
     if endpoint == "/v1/status" and isinstance(body, dict) and isinstance(body.get("serial"), str):
         body = {**body, "serial": body["serial"].replace(SURROGATE, "\ufffd")}  # not in a URL
-    headers = api.authorization(credentials)
-    right = credentials == "right"
     serial = body.get("serial") if isinstance(body, dict) else None
-    if endpoint == "/v1/status" and not isinstance(serial, str):
-        serial = None  # not sent
+    right = credentials == "right"
+    assume(not (right and serial == DEVICE and endpoint == "/v1/verify"))  # a real verify
     if right and serial == DEVICE and endpoint in ("/v1/lock", "/v1/status"):
-        answer = api.untouched(endpoint, body, headers)  # well formed: nothing else needed
+        answer = api.untouched(endpoint, body)  # well formed: nothing else needed
         assert answer.status_code == 200 and "unlocked" in answer.json()
         return
-    answer = api.refused(endpoint, body, headers)
-    if not isinstance(body, dict) and endpoint != "/v1/status":
+    answer = api.refused(endpoint, body, credentials)
+    if not right:
+        assert answer == (401, REFUSED_AS[credentials])
+    elif not isinstance(body, dict) and endpoint != "/v1/status":
         assert answer == (400, "bad_request")
-    elif not documented_serial(serial):
-        assert answer in {(400, "bad_request"), (401, "unauthorized")}
-        assert answer == (400, "bad_request") or not right
-    elif serial != DEVICE or not right:
+    elif serial != DEVICE:
         assert answer == (401, "unauthorized")
-    else:  # the device and its token: what is left is a nonce or a name the rules refuse
+    else:  # the device, signed by its key: what is left is a name the rules refuse
         assert answer == (400, "bad_request")
 
 
@@ -394,15 +429,12 @@ hostile_serials = st.one_of(
 def test_serials_that_try_path_traversal_are_refused_on_every_endpoint(
     api, no_file_appears, serial, endpoint
 ):
-    """With the device's own token and every other field right, only the serial is wrong."""
+    """Signed by the device, every other field right, only the body's serial is wrong: it is
+    not the one that signed, whatever it holds."""
     if endpoint == "/v1/status":
         serial = serial.replace(SURROGATE, "\ufffd")  # a URL cannot carry it; the body can
     body = {**well_formed(endpoint), "serial": serial}
-    answer = api.refused(endpoint, body, api.authorization("right"))
-    if documented_serial(serial):  # well formed, but not a device of this connector
-        assert answer == (401, "unauthorized")
-    else:
-        assert answer == (400, "bad_request")
+    assert api.refused(endpoint, body) == (401, "unauthorized")
 
 
 @pytest.mark.slow
@@ -416,14 +448,12 @@ def test_person_names_that_try_path_traversal_are_bad_request_before_the_device(
     api, no_file_appears, person
 ):
     body = {**well_formed("/v1/enroll"), "person": person}
-    answer = api.refused("/v1/enroll", body, api.authorization("right"))
-    assert answer == (400, "bad_request")
+    assert api.refused("/v1/enroll", body) == (400, "bad_request")
 
 
 #: (endpoint, field) pairs where the field is read; "padding" is a field no endpoint reads.
 LONG_FIELDS = [
     ("/v1/verify", "serial"),
-    ("/v1/verify", "nonce"),
     ("/v1/enroll", "serial"),
     ("/v1/enroll", "person"),
     ("/v1/lock", "serial"),
@@ -452,8 +482,11 @@ def test_over_long_values_are_too_large_or_bad_request_before_the_device(
     if field == "padding" and encoded <= MAX_BODY:
         body["padding"] += "A" * (MAX_BODY + 1 - encoded)  # otherwise a valid call
         encoded = MAX_BODY + 1
-    answer = api.refused(endpoint, body, api.authorization("right"))
-    assert answer == ((413, "too_large") if encoded > MAX_BODY else (400, "bad_request"))
+    answer = api.refused(endpoint, body)
+    if encoded > MAX_BODY:
+        assert answer == (413, "too_large")
+    else:  # a serial that is not the signer's, or a name the rules refuse
+        assert answer == ((401, "unauthorized") if field == "serial" else (400, "bad_request"))
 
 
 header_text = st.text(
@@ -465,8 +498,9 @@ header_text = st.text(
 authorization_values = st.one_of(
     header_text,
     header_text.map(lambda s: "Bearer " + s),
-    header_text.map(lambda s: "bearer " + s),
-    st.integers(257, 2000).map(lambda n: "Bearer " + "A" * n),
+    header_text.map(lambda s: "FaceID-HMAC-SHA256 " + s),
+    header_text.map(lambda s: f"FaceID-HMAC-SHA256 serial={DEVICE},ts={int(time.time())}," + s),
+    st.integers(257, 2000).map(lambda n: "FaceID-HMAC-SHA256 " + "A" * n),
 )
 
 
@@ -481,9 +515,9 @@ authorization_values = st.one_of(
 def test_any_authorization_header_is_unauthorized_before_the_device(
     api, no_file_appears, endpoint, value, content_type
 ):
-    """Every field right but the token, sent as UTF-8 bytes whatever they are."""
+    """Every field right but the signature, sent as UTF-8 bytes whatever they are."""
     headers = {"Authorization": value.encode(), "Content-Type": content_type.encode()}
-    answer = api.refused(endpoint, well_formed(endpoint), headers)
+    answer = api.refused(endpoint, well_formed(endpoint), "none", headers)
     assert answer == (401, "unauthorized")
 
 
@@ -496,14 +530,18 @@ CONTROL_BYTES = [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]
     endpoint=st.sampled_from(ENDPOINTS),
     prefix=st.binary(max_size=8).map(lambda b: b"x" + b.replace(b"\r", b"").replace(b"\n", b"")),
     control=st.sampled_from(CONTROL_BYTES).map(lambda c: bytes([c])),
-    credentials=st.sampled_from(["right", "wrong"]),
+    credentials=st.sampled_from(["right", "wrong key"]),
 )
 def test_control_characters_in_a_header_value_are_bad_request_before_the_device(
     api, no_file_appears, endpoint, prefix, control, credentials
 ):
     """gunicorn refuses these before the app: a 400 with its own plain page, not the JSON one."""
-    headers = {k: v.encode() + control for k, v in api.authorization(credentials).items()}
+    body = well_formed(endpoint)
+    path = f"/v1/status?serial={DEVICE}" if endpoint == "/v1/status" else endpoint
+    method = "GET" if endpoint == "/v1/status" else "POST"
+    signed = api.authorization(credentials, method, path, json.dumps(body).encode())
+    headers = {k: v.encode() + control for k, v in signed.items()}
     headers["X-Extra"] = prefix + control
-    response = api.untouched(endpoint, well_formed(endpoint), headers)
+    response = api.untouched(endpoint, body, "none", headers)
     assert response.status_code == 400
     assert "verdict" not in response.text

@@ -21,11 +21,11 @@ from connector.config import load_config
 from connector.health import CachedCheck
 from connector.metrics import STAGE_BUCKETS_S
 from connector.runtime import build_runtime
+from demo.macro_client import key_text
 from demo.stack import SimDevice
 from tests.connector_e2e import (
     TwoDevices,
     enroll,
-    fresh_nonce,
     two_devices_with_webex,
 )
 from tests.procs import free_port
@@ -87,7 +87,6 @@ def lone_app(tmp_path, monkeypatch):
         '[store]\npath = "faceid.db"\nkey = "env:FACEID_TEST_STORE_KEY"\n'
         '[[devices]]\nserial = "A1"\nhost = "127.0.0.1:9"\nusername = "u"\n'
         'password = "env:FACEID_TEST_DEVICE_PASSWORD"\ntls = { insecure = true }\n'
-        f'token_sha256 = "{"ab" * 32}"\n'
     )
     rt = build_runtime(load_config(path))
     yield rt, create_app(rt).test_client()
@@ -140,7 +139,7 @@ class World(TwoDevices):
         return parse(answer.text)
 
     def verify(self, device: SimDevice) -> tuple[dict, str]:
-        body = {"serial": device.serial, "nonce": fresh_nonce()}
+        body = {"serial": device.serial}
         answer = self.stack.call("/v1/verify", device, body)
         assert answer.status_code == 200, answer.text
         return answer.json(), answer.headers["X-Request-Id"]
@@ -202,10 +201,10 @@ def test_metrics_count_a_scripted_sequence_of_logins(world):
     assert 0 < total_s < 9 * 20
 
 
-def test_metrics_need_no_token_and_name_no_device_or_person(world):
+def test_metrics_need_no_signature_and_name_no_device_or_person(world):
     text = world.get("/metrics").text
     assert "faceid_verifications_total" in text
-    for private in (world.room.serial, world.board.serial, "Grace", world.room.token):
+    for private in (world.room.serial, world.board.serial, "Grace", key_text(world.room.key)):
         assert private not in text
 
 
@@ -242,8 +241,9 @@ def test_log_lines_join_connector_and_function_by_trace_and_hold_no_secret(world
 
     store_key = (stack.workdir / "store.key").read_bytes().decode().strip()
     secret_values = [
-        world.room.token,
-        world.board.token,
+        key_text(world.room.key),
+        world.room.key.hex(),
+        key_text(world.board.key),
         stack.connector.env["FACEID_DEVICE_PASSWORD"],
         world.board_password,
         store_key,

@@ -350,3 +350,56 @@ def test_a_closed_store_answers_store_unavailable(store):
         with pytest.raises(FaceIdError) as caught:
             call()
         assert caught.value.code == "store_unavailable"
+
+
+def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(store, path, key):
+    first, second = os.urandom(32), os.urandom(32)
+    assert store.device_key(SERIAL) is None
+    store.set_device_key(SERIAL, first)
+    assert store.device_key(SERIAL) == first
+    store.set_device_key(SERIAL, second, audit=AuditEntry("rotate_key", "done", serial=SERIAL))
+    assert store.device_key(SERIAL) == second
+    assert [e.action for e in store.audit(serial=SERIAL)] == ["rotate_key"]
+    data = file_bytes(path)
+    for secret in (first, second):
+        assert secret not in data and secret.hex().encode() not in data
+    store.close()
+    reopened = Store.open(path, key)
+    try:
+        assert reopened.device_key(SERIAL) == second
+    finally:
+        reopened.close()
+
+
+def test_a_device_key_moved_to_another_serial_fails_its_integrity_check(store, path):
+    store.set_device_key(SERIAL, os.urandom(32))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE device_keys SET serial = 'OTHER' WHERE serial = ?", (SERIAL,))
+    with pytest.raises(FaceIdError) as caught:
+        store.device_key("OTHER")
+    assert caught.value.code == "store_unavailable" and "integrity" in caught.value.message
+
+
+def test_removing_a_device_forgets_its_key(store):
+    store.set_device_key(SERIAL, os.urandom(32))
+    store.remove_device(SERIAL)
+    assert store.device_key(SERIAL) is None
+
+
+def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, path, key):
+    store.add_reference(SERIAL, "Alice Example", photo(1))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE device_keys")
+        db.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+    upgraded = Store.open(path, key)
+    try:
+        assert [p.name for p in upgraded.people(SERIAL)] == ["Alice Example"]
+        upgraded.set_device_key(SERIAL, os.urandom(32))
+    finally:
+        upgraded.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (2,)
+        db.execute("UPDATE meta SET value = 3 WHERE name = 'schema'")
+    with pytest.raises(FaceIdError, match="has schema 3, this connector reads schema 2"):
+        Store.open(path, key)

@@ -71,7 +71,7 @@ before(async () => {
   // The connector's certificate is self-signed: the device needs AllowInsecureHTTPS for it.
   await bootDevice({
     connectorUrl: stack.connector.url,
-    deviceToken: stack.device.token,
+    deviceKey: stack.device.key,
     serial: stack.device.serial,
     allowInsecureHttps: true,
   });

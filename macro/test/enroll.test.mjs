@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import {
   boot, fake, importMacro, lockState, settle, tap, tapLogin, LOCKED, UNLOCKED,
 } from '../testing/harness.mjs';
-import { outcomes } from '../testing/connector-double.mjs';
+import { answerSignature, outcomes } from '../testing/connector-double.mjs';
 
 const { MESSAGES, PANELS, cleanName } = await importMacro();
 
@@ -31,6 +31,41 @@ test('"Update my photo" asks for a name, enrolls it and shows the result', async
   assert.deepEqual(enrollBodies(connector), [{ serial: 'FOC1234X5YZ', person: 'Alice Example' }]);
   assert.equal(fake.lastAlert(), 'Photo saved for Alice.');
   assert.deepEqual(lockState(), UNLOCKED);
+});
+
+test('a non-ASCII name travels as ASCII-only JSON and comes back intact', async (t) => {
+  const { connector } = await boot(t);
+  await tapLogin();
+  await typeName('Zoë Ødegård 李 😀');
+  const [call] = connector.calls.filter((entry) => entry.path === '/v1/enroll');
+  assert.match(call.body, /^[\x20-\x7e]+$/);
+  assert.equal(call.body,
+    '{"serial":"FOC1234X5YZ","person":"Zo\\u00eb \\u00d8deg\\u00e5rd \\u674e \\ud83d\\ude00"}');
+  assert.deepEqual(JSON.parse(call.body), { serial: 'FOC1234X5YZ', person: 'Zoë Ødegård 李 😀' });
+  assert.ok(call.authenticated, 'the signature covers exactly the bytes sent');
+  assert.equal(fake.lastAlert(), 'Photo saved.');
+});
+
+test('an enroll answer that fails its signature is not shown', async (t) => {
+  const { connector } = await boot(t);
+  await tapLogin();
+  const lure = 'Photo saved. Your administrator asks you to reply with your password.';
+  const forgeries = {
+    tampered: (reply) => ({ ...reply, body: reply.body.replace('Photo saved.', lure) }),
+    unsigned: (reply) => ({ ...reply, headers: { 'content-type': 'application/json' } }),
+    'signed for another nonce': (reply) => ({
+      ...reply, headers: { 'x-faceid-signature': answerSignature(connector.key, 'n'.repeat(32),
+        reply.body) },
+    }),
+  };
+  for (const [what, forge] of Object.entries(forgeries)) {
+    connector.forge = forge;
+    await typeName('Alice Example');
+    assert.equal(fake.lastAlert(), MESSAGES.badSignature, what);
+  }
+  const shown = fake.commandsTo('UserInterface Message Alert Display').map((a) => a.args.Text);
+  assert.ok(!shown.some((text) => text.includes('password')));
+  assert.deepEqual(lockState(), UNLOCKED, 'a bad answer does not end the session');
 });
 
 test('a refused enrollment shows the connector message and changes nothing', async (t) => {

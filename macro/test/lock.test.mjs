@@ -57,9 +57,11 @@ test('panel XML is well formed and each PanelId matches its Save command', async
 });
 
 test('panels are saved with the same XML on every start', async (t) => {
-  const { macro, token } = await boot(t);
+  const { macro, connector } = await boot(t);
   const first = fake.commandsTo('UserInterface Extensions Panel Save').map((save) => save.body);
-  await macro.start({ connectorUrl: 'https://connector.test:8443', deviceToken: token });
+  await macro.start({
+    connectorUrl: 'https://connector.test:8443', deviceKey: connector.deviceKey,
+  });
   await settle();
   const all = fake.commandsTo('UserInterface Extensions Panel Save').map((save) => save.body);
   assert.deepEqual(all.slice(first.length), first);
@@ -100,7 +102,7 @@ test('a restart with the unedited settings stays locked and says it is not set u
   fake.emit('UserInterface Extensions Panel Clicked', { PanelId: PANELS.login.id });
   await settle();
   assert.deepEqual(lockState(), LOCKED);
-  assert.equal(fake.http.requests.length, requestsBefore, 'no request without a token');
+  assert.equal(fake.http.requests.length, requestsBefore, 'no request without a key');
   assert.equal(fake.lastAlert(), fresh.MESSAGES.notConfigured);
 });
 
@@ -124,15 +126,18 @@ test('stop removes every subscription it made', async (t) => {
   assert.equal(fake.listenerCount(), 0);
 });
 
-test('the device token never appears in the console', async (t) => {
+test('the device key never appears in the console, in any encoding', async (t) => {
   const lines = [];
   t.mock.method(console, 'log', (...args) => lines.push(args.join(' ')));
-  const { token, connector } = await boot(t);
+  const { key, connector } = await boot(t);
   await tapLogin();
   connector.outcome = { verdict: 'error', code: 'no_face', person: null, message: 'x' };
   fake.emit('UserInterface Extensions Panel Clicked', { PanelId: PANELS.logout.id });
   await settle();
+  connector.forge = (reply) => ({ ...reply, headers: {} });
   await tapLogin();
   assert.ok(lines.length > 3);
-  assert.ok(lines.every((line) => !line.includes(token)));
+  const encodings = [key.toString('base64url'), key.toString('base64'), key.toString('hex'),
+    key.toString('hex').toUpperCase(), key.toString('latin1')];
+  assert.ok(lines.every((line) => encodings.every((text) => !line.includes(text))));
 });

@@ -1,16 +1,32 @@
-// Face login: only a signed, fresh, unexpired match unlocks; anything else stays locked, says why.
+// Face login: only a signed, fresh, unexpired match for this device unlocks; anything else stays
+// locked and says why, never with text the macro could not verify.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import {
-  advance, boot, fake, importMacro, lockState, settle, tap, tapLogin, LOCKED, UNLOCKED,
+  advance, boot, fake, importMacro, lockState, makeKey, settle, tap, tapLogin, LOCKED, UNLOCKED,
 } from '../testing/harness.mjs';
-import { outcomes, signAnswer } from '../testing/connector-double.mjs';
+import {
+  answerSignature, outcomes, parseAuthorization,
+} from '../testing/connector-double.mjs';
 import { NO_CONNECTIONS, xapiError } from '../testing/fake-xapi.mjs';
 
 const { MESSAGES, PANELS } = await importMacro();
 
 const NONCE = /^[A-Za-z0-9_-]{16,64}$/;
-const verifyBodies = (connector) => connector.verifyCalls().map((call) => JSON.parse(call.body));
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+const SIGNATURE = 'x-faceid-signature';
+const verifyNonces = (connector) => connector.verifyCalls().map((call) => call.auth.nonce);
+const shown = () => fake.commandsTo('UserInterface Message Alert Display')
+  .map((alert) => alert.args.Text);
+
+/** The reply with its signature header replaced (undefined: removed). */
+function withSignature(reply, signature) {
+  const headers = { ...reply.headers };
+  delete headers[SIGNATURE];
+  if (signature !== undefined) headers[SIGNATURE] = signature;
+  return { ...reply, headers };
+}
 
 test('a signed match unlocks and greets the person by name', async (t) => {
   const { connector } = await boot(t);
@@ -18,19 +34,22 @@ test('a signed match unlocks and greets the person by name', async (t) => {
   await tapLogin();
   assert.deepEqual(lockState(), UNLOCKED);
   assert.equal(fake.lastAlert(), 'Welcome, Zoë Ødegård');
-  const [body] = verifyBodies(connector);
-  assert.equal(body.serial, 'FOC1234X5YZ');
-  assert.match(body.nonce, NONCE);
+  const [call] = connector.verifyCalls();
+  assert.equal(call.body, '{"serial":"FOC1234X5YZ"}', 'the nonce travels in the header only');
+  assert.equal(call.auth.serial, 'FOC1234X5YZ');
+  assert.match(call.auth.nonce, NONCE);
+  assert.ok(call.authenticated, 'the double checked the request signature with Node crypto');
 });
 
 test('every attempt sends a fresh nonce', async (t) => {
   const { connector } = await boot(t);
   connector.outcome = outcomes.noMatch();
   for (let i = 0; i < 5; i++) await tapLogin();
-  const nonces = verifyBodies(connector).map((body) => body.nonce);
+  const nonces = verifyNonces(connector);
   assert.equal(nonces.length, 5);
   assert.equal(new Set(nonces).size, 5);
   nonces.forEach((nonce) => assert.match(nonce, NONCE));
+  assert.ok(connector.calls.every((call) => call.authenticated));
 });
 
 test('login shows "Look at the camera…" with progress while the connector works', async (t) => {
@@ -87,31 +106,60 @@ test('"not enrolled" offers the first enrollment but stays locked', async (t) =>
 
 test('a forged match signed with another key stays locked', async (t) => {
   const { connector } = await boot(t);
-  connector.tamper = (answer) => ({
-    ...answer,
-    signature: signAnswer('not-the-device-token', {
-      serial: connector.serial, nonce: answer.nonce, verdict: 'match', person: answer.person,
-      expiresAt: answer.expires_at,
-    }),
+  const otherKey = makeKey();
+  connector.forge = (reply, request, nonce) =>
+    withSignature(reply, answerSignature(otherKey, nonce, reply.body));
+  await tapLogin();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.badSignature);
+});
+
+test('a match without a signature header, or with a garbled one, stays locked', async (t) => {
+  const { connector } = await boot(t);
+  const garbles = {
+    missing: () => undefined,
+    empty: () => '',
+    'another hex value': () => 'f'.repeat(64),
+    uppercase: (good) => good.toUpperCase(),
+    truncated: (good) => good.slice(0, 63),
+    'with a space': (good) => `${good} `,
+  };
+  for (const [what, garble] of Object.entries(garbles)) {
+    connector.forge = (reply) => withSignature(reply, garble(reply.headers[SIGNATURE]));
+    await tapLogin();
+    assert.deepEqual(lockState(), LOCKED, what);
+    assert.equal(fake.lastAlert(), MESSAGES.badSignature, what);
+  }
+});
+
+test('a repeated signature header is ambiguous and refused, even if one copy holds', async (t) => {
+  const { connector } = await boot(t);
+  connector.forge = (reply) => ({
+    ...reply,
+    headers: [['Content-Type', 'application/json'], ['X-FaceID-Signature', 'f'.repeat(64)],
+      ['X-FaceID-Signature', reply.headers[SIGNATURE]]],
   });
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.badSignature);
 });
 
-test('a match without a signature, or with a garbled one, stays locked', async (t) => {
+test('the signature header name is matched without regard to case', async (t) => {
   const { connector } = await boot(t);
-  for (const signature of [undefined, '', 'f'.repeat(64), null, 42]) {
-    connector.tamper = (answer) => ({ ...answer, signature });
-    await tapLogin();
-    assert.deepEqual(lockState(), LOCKED, String(signature));
-  }
+  connector.forge = (reply) => ({
+    ...reply, headers: [['X-FACEID-SIGNATURE', reply.headers[SIGNATURE]]],
+  });
+  await tapLogin();
+  assert.deepEqual(lockState(), UNLOCKED);
 });
 
 test('a no-match answer rewritten to a match stays locked', async (t) => {
   const { connector } = await boot(t);
   connector.outcome = outcomes.noMatch();
-  connector.tamper = (answer) => ({ ...answer, verdict: 'match', person: 'Mallory', code: null });
+  connector.forge = (reply) => {
+    const body = { ...JSON.parse(reply.body), verdict: 'match', person: 'Mallory', code: null };
+    return { ...reply, body: JSON.stringify(body) };
+  };
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.badSignature);
@@ -119,16 +167,31 @@ test('a no-match answer rewritten to a match stays locked', async (t) => {
 
 test('a match for one person rewritten to name another stays locked', async (t) => {
   const { connector } = await boot(t);
-  connector.tamper = (answer) => ({ ...answer, person: 'Mallory' });
+  connector.forge = (reply) => ({ ...reply, body: reply.body.replace('Alice Example', 'Mallory') });
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.badSignature);
 });
 
-test('a replayed match from an earlier attempt stays locked', async (t) => {
+test('a tampered message is not shown: the signature fails and the screen stays locked',
+  async (t) => {
+    const { connector } = await boot(t);
+    connector.outcome = outcomes.noMatch();
+    const lure = 'Call 555-0100 and read out the code on screen to unlock';
+    connector.forge = (reply) => ({
+      ...reply, body: reply.body.replace(connector.outcome.message, lure),
+    });
+    await tapLogin();
+    assert.deepEqual(lockState(), LOCKED);
+    assert.equal(fake.lastAlert(), MESSAGES.badSignature);
+    assert.ok(!shown().includes(lure));
+  });
+
+test('a replayed answer from an earlier attempt stays locked', async (t) => {
   const { connector } = await boot(t);
   let recorded = null;
-  connector.tamper = (answer) => {
-    recorded = recorded ?? answer;
+  connector.forge = (reply) => {
+    recorded = recorded ?? reply;
     return recorded;
   };
   await tapLogin();
@@ -138,32 +201,64 @@ test('a replayed match from an earlier attempt stays locked', async (t) => {
   assert.deepEqual(lockState(), LOCKED);
 
   await tapLogin();
-  assert.deepEqual(lockState(), LOCKED);
-  assert.equal(fake.lastAlert(), MESSAGES.staleAnswer);
-
-  connector.tamper = (answer) => ({ ...recorded, nonce: answer.nonce });
-  await tapLogin();
-  assert.deepEqual(lockState(), LOCKED, 'the old signature does not cover the new nonce');
+  assert.deepEqual(lockState(), LOCKED, 'the old signature covers the old nonce only');
+  assert.equal(fake.lastAlert(), MESSAGES.badSignature);
 });
 
-test('an expired match stays locked', async (t) => {
+test('an answer signed for another nonce stays locked', async (t) => {
   const { connector } = await boot(t);
-  connector.ttlSeconds = -31;
+  connector.forge = (reply) => withSignature(reply,
+    answerSignature(connector.key, randomBytes(16).toString('hex'), reply.body));
+  await tapLogin();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.badSignature);
+});
+
+test('a signed answer echoing an earlier nonce is stale and stays locked', async (t) => {
+  const { connector } = await boot(t);
+  connector.outcome = outcomes.noMatch();
+  await tapLogin();
+  const [earlier] = verifyNonces(connector);
+  connector.outcome = outcomes.match('Alice Example');
+  connector.tamper = (answer) => ({ ...answer, nonce: earlier });
+  await tapLogin();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.staleAnswer);
+});
+
+test('a signed match for another serial stays locked', async (t) => {
+  const { connector } = await boot(t);
+  connector.tamper = (answer) => ({ ...answer, serial: 'FOC9999ZZZZ' });
+  await tapLogin();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.wrongDevice);
+});
+
+test('a match expired more than 5 s ago stays locked; 5 s is tolerated', async (t) => {
+  const { connector } = await boot(t);
+  connector.ttlSeconds = -6;
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.expiredAnswer);
+  connector.ttlSeconds = -5;
+  await tapLogin();
+  assert.deepEqual(lockState(), UNLOCKED);
 });
 
-test('a match that expired within the clock skew allowance still unlocks', async (t) => {
+test('a match expiring more than 35 s ahead stays locked; 35 s is tolerated', async (t) => {
   const { connector } = await boot(t);
-  connector.ttlSeconds = -10;
+  connector.ttlSeconds = 36;
+  await tapLogin();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.futureAnswer);
+  connector.ttlSeconds = 35;
   await tapLogin();
   assert.deepEqual(lockState(), UNLOCKED);
 });
 
 test('expiry is checked when the answer arrives, not when it was signed', async (t) => {
   const { connector } = await boot(t, { settings: { requestTimeoutSeconds: 29 } });
-  connector.ttlSeconds = -5; // valid on arrival within the skew allowance, but not 26 s later
+  connector.ttlSeconds = 20; // valid when signed, 6 s past its expiry on arrival
   fake.http.route((request) => new Promise((resolve) => {
     const reply = connector.handle(request);
     setTimeout(() => resolve(reply), 26000);
@@ -175,52 +270,82 @@ test('expiry is checked when the answer arrives, not when it was signed', async 
   assert.equal(fake.lastAlert(), MESSAGES.expiredAnswer);
 });
 
-test('malformed answers stay locked', async (t) => {
+test('malformed answers, even correctly signed, stay locked', async (t) => {
   const { connector } = await boot(t);
-  const unsigned = JSON.stringify({ verdict: 'match', person: 'A' });
-  const bodies = ['not json', '[]', 'null', '{}', unsigned];
+  const bodies = ['not json', '[]', 'null', '{}', '{"verdict":"match","person":"A"}'];
   for (const body of bodies) {
-    connector.override = () => ({ status: 200, body });
+    connector.forge = (reply, request, nonce) =>
+      ({ ...reply, body, headers: { [SIGNATURE]: answerSignature(connector.key, nonce, body) } });
     await tapLogin();
     assert.deepEqual(lockState(), LOCKED, body);
+    assert.equal(fake.lastAlert(), MESSAGES.malformed, body);
+  }
+  connector.forge = null;
+  for (const field of [{ verdict: 'MATCH' }, { expires_at: '1767225600' }, { serial: null }]) {
+    connector.tamper = (answer) => ({ ...answer, ...field });
+    await tapLogin();
+    assert.deepEqual(lockState(), LOCKED, JSON.stringify(field));
     assert.equal(fake.lastAlert(), MESSAGES.malformed);
   }
-  connector.override = null;
-  connector.tamper = (answer) => ({ ...answer, verdict: 'MATCH' });
+});
+
+test('an unsigned answer is refused before it is even parsed', async (t) => {
+  const { connector } = await boot(t);
+  connector.override = () => ({ status: 200, body: 'not json' });
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.badSignature);
 });
 
 test('a signed match with no person stays locked', async (t) => {
   const { connector } = await boot(t);
-  connector.outcome = { verdict: 'match', code: null, person: null, message: 'Welcome' };
-  await tapLogin();
-  assert.deepEqual(lockState(), LOCKED);
+  for (const person of [null, '', '   ']) {
+    connector.outcome = { verdict: 'match', code: null, person, message: 'Welcome' };
+    await tapLogin();
+    assert.deepEqual(lockState(), LOCKED, String(person));
+  }
 });
 
 for (const form of ['object', 'json']) {
-  test(`HTTP errors rejected in the ${form} form stay locked, each with its message`, async (t) => {
-    const { connector } = await boot(t);
-    fake.http.rejectionForm = form;
-    const cases = [
-      [401, MESSAGES.unauthorized], [403, MESSAGES.unauthorized], [429, MESSAGES.rateLimited],
-      [500, MESSAGES.serviceError], [502, MESSAGES.serviceError], [404, MESSAGES.serviceError],
-    ];
-    for (const [status, message] of cases) {
-      connector.override = () => ({ status, body: '{"error": {"code": "x", "message": "y"}}' });
-      await tapLogin();
-      assert.deepEqual(lockState(), LOCKED, String(status));
-      assert.equal(fake.lastAlert(), message, String(status));
-    }
-  });
+  test(`HTTP errors rejected in the ${form} form stay locked, each with the macro's own message`,
+    async (t) => {
+      const { connector } = await boot(t);
+      fake.http.rejectionForm = form;
+      const cases = [
+        [401, MESSAGES.unauthorized], [403, MESSAGES.unauthorized], [429, MESSAGES.rateLimited],
+        [500, MESSAGES.serviceError], [502, MESSAGES.serviceError], [404, MESSAGES.serviceError],
+      ];
+      const lure = 'Unlocked by your administrator';
+      for (const [status, message] of cases) {
+        connector.override = () => ({
+          status, body: JSON.stringify({ error: { code: 'x', message: lure }, message: lure }),
+        });
+        await tapLogin();
+        assert.deepEqual(lockState(), LOCKED, String(status));
+        assert.equal(fake.lastAlert(), message, String(status));
+      }
+      assert.ok(!shown().includes(lure));
+    });
 }
 
-test('a wrong device token is reported as an unregistered device', async (t) => {
+test('a wrong device key gets the "refused this device" message, which mentions the clock',
+  async (t) => {
+    const { connector } = await boot(t);
+    connector.key = makeKey();
+    await tapLogin();
+    assert.deepEqual(lockState(), LOCKED);
+    assert.equal(fake.lastAlert(), MESSAGES.unauthorized);
+    assert.match(MESSAGES.unauthorized, /clock/);
+  });
+
+test('a device clock far from the connector\'s is refused as unauthorized', async (t) => {
   const { connector } = await boot(t);
-  connector.token = 'a-different-token';
+  connector.clockOffsetS = 600;
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.unauthorized);
+  const [call] = connector.verifyCalls();
+  assert.equal(call.authenticated, false);
 });
 
 test('an unreachable connector stays locked', async (t) => {
@@ -242,7 +367,7 @@ test('a connector that never answers times out on the device and stays locked', 
   assert.equal(fake.http.inFlight, 0);
 });
 
-test('"No available http connections" is retried and the login then succeeds', async (t) => {
+test('"No available http connections" is retried, each try freshly signed', async (t) => {
   const { connector } = await boot(t);
   let refusals = 2;
   fake.http.route((request) => {
@@ -253,7 +378,10 @@ test('"No available http connections" is retried and the login then succeeds', a
   await settle();
   await advance(t, 3000);
   assert.deepEqual(lockState(), UNLOCKED);
-  assert.equal(fake.http.requests.filter((r) => r.path === '/v1/verify').length, 3);
+  const tries = fake.http.requests.filter((r) => r.path === '/v1/verify');
+  assert.equal(tries.length, 3);
+  const nonces = tries.map((r) => parseAuthorization(r.headers.authorization).nonce);
+  assert.equal(new Set(nonces).size, 3);
 });
 
 test('"No available http connections" that never clears gives up and stays locked', async (t) => {
@@ -331,8 +459,7 @@ test('a missing Remote Monitoring key is said once at start; login skips the cal
   const optionKey = 'SystemUnit Software OptionKeys RemoteMonitoring';
   const prepare = (device) => device.setStatus(optionKey, 'False');
   const { connector } = await boot(t, { prepare });
-  const said = () => fake.commandsTo('UserInterface Message Alert Display')
-    .filter((alert) => alert.args.Text === MESSAGES.noOptionKey).length;
+  const said = () => shown().filter((text) => text === MESSAGES.noOptionKey).length;
   assert.equal(said(), 1);
   assert.equal(fake.lastAlert(), MESSAGES.noOptionKey);
   fake.setStatus('Standby State', 'Halfwake');
@@ -366,10 +493,65 @@ test('an unreadable serial number stays locked without a request', async (t) => 
   assert.equal(connector.verifyCalls().length, 0);
 });
 
-test('an empty device token stays locked and says face login is not set up', async (t) => {
-  const { connector } = await boot(t, { settings: { deviceToken: '' } });
+test('a device key that is not 32 bytes of base64url means not set up: no request', async (t) => {
+  const key = randomBytes(32);
+  const keys = {
+    empty: '',
+    '31 bytes': randomBytes(31).toString('base64url'),
+    '33 bytes': randomBytes(33).toString('base64url'),
+    'padded base64': key.toString('base64'),
+    'plain base64 alphabet': key.toString('base64url').replace(/.$/, '+'),
+    hex: key.toString('hex'),
+    // The 43rd character carries 2 unused bits, which must be zero.
+    'non-canonical last character': key.toString('base64url')
+      .replace(/.$/, (c) => BASE64URL[BASE64URL.indexOf(c) ^ 1]),
+  };
+  for (const [what, deviceKey] of Object.entries(keys)) {
+    await t.test(what, async (sub) => {
+      const lines = [];
+      sub.mock.method(console, 'log', (...args) => lines.push(args.join(' ')));
+      const { connector } = await boot(sub, { settings: { deviceKey } });
+      await tapLogin();
+      assert.deepEqual(lockState(), LOCKED);
+      assert.equal(fake.lastAlert(), MESSAGES.notConfigured);
+      assert.equal(connector.calls.length, 0);
+      assert.ok(lines.some((line) => /deviceKey in SETTINGS/.test(line)), lines.join('\n'));
+    });
+  }
+});
+
+test('an http:// connector is refused unless allowPlainHttp: locked, said, logged', async (t) => {
+  const lines = [];
+  t.mock.method(console, 'log', (...args) => lines.push(args.join(' ')));
+  const plain = { connectorUrl: 'http://connector.test:8080' };
+  const { connector } = await boot(t, { settings: plain });
   await tapLogin();
   assert.deepEqual(lockState(), LOCKED);
-  assert.equal(fake.lastAlert(), MESSAGES.notConfigured);
+  assert.equal(fake.lastAlert(), MESSAGES.plainHttp);
+  assert.equal(fake.http.requests.length, 0);
   assert.equal(connector.calls.length, 0);
+  assert.ok(lines.some((line) => /http:\/\/ and allowPlainHttp is false/.test(line)));
+});
+
+test('allowPlainHttp lets an http:// connector work, still signed both ways', async (t) => {
+  const { connector } = await boot(t, {
+    settings: { connectorUrl: 'http://connector.test:8080', allowPlainHttp: true },
+  });
+  await tapLogin();
+  assert.deepEqual(lockState(), UNLOCKED);
+  assert.equal(fake.http.requests.at(-1).url, 'http://connector.test:8080/v1/verify');
+  assert.ok(connector.calls.every((call) => call.authenticated));
+});
+
+test('a connector URL with a path, query or no host means not set up', async (t) => {
+  for (const connectorUrl of ['https://connector.test/faceid', 'https://connector.test?x=1',
+    'https://', 'connector.test:8443', 'ftp://connector.test']) {
+    await t.test(connectorUrl, async (sub) => {
+      const { connector } = await boot(sub, { settings: { connectorUrl } });
+      await tapLogin();
+      assert.deepEqual(lockState(), LOCKED);
+      assert.equal(fake.lastAlert(), MESSAGES.notConfigured);
+      assert.equal(connector.calls.length, 0);
+    });
+  }
 });

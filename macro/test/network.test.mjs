@@ -1,40 +1,19 @@
 // The fake device's HttpClient in network mode: real HTTP(S) to a connector double on 127.0.0.1.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createServer } from 'node:net';
 import {
-  fake, importMacro, lockState, makeToken, settle, tap, LOCKED, SERIAL, UNLOCKED,
+  fake, importMacro, lockState, loginOverNetwork, makeKey, settle, LOCKED, SERIAL, UNLOCKED,
 } from '../testing/harness.mjs';
 import { ConnectorDouble, outcomes, serveConnector } from '../testing/connector-double.mjs';
+import { selfSignedCertificate } from '../testing/tls.mjs';
 
 const macro = await importMacro();
-const { MESSAGES, PANELS } = macro;
-
-/** A self-signed certificate for 127.0.0.1, as a connector without a CA-issued one has. */
-function selfSignedCertificate() {
-  const dir = mkdtempSync(join(tmpdir(), 'faceid-tls-'));
-  try {
-    const run = spawnSync('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1',
-      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
-    ], { encoding: 'utf8' });
-    if (run.status !== 0) return null;
-    return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
-  } catch {
-    return null;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const { MESSAGES } = macro;
 
 const tls = selfSignedCertificate();
-const token = makeToken();
-const connector = new ConnectorDouble({ token, serial: SERIAL });
+const key = makeKey();
+const connector = new ConnectorDouble({ key, serial: SERIAL });
 let plain;
 let secure;
 
@@ -56,27 +35,16 @@ async function startDevice(t, url, { settings = {}, config = {} } = {}) {
   fake.setConfig('HttpClient Mode', 'On');
   for (const [path, value] of Object.entries(config)) fake.setConfig(path, value);
   fake.http.useNetwork();
-  connector.token = token;
+  connector.key = key;
   connector.outcome = outcomes.match('Alice Example');
   connector.override = null;
   connector.calls = [];
   t.mock.method(console, 'log', () => {});
   await macro.start({
-    connectorUrl: url, deviceToken: token, requestTimeoutSeconds: 5, ...settings,
+    connectorUrl: url, deviceKey: key.toString('base64url'), requestTimeoutSeconds: 5,
+    allowPlainHttp: url.startsWith('http:'), ...settings,
   });
   await settle();
-}
-
-/** Tap login and wait (real time) until the macro has shown an answer. */
-async function loginOverNetwork() {
-  const before = fake.commandsTo('UserInterface Message Alert Display').length;
-  tap(PANELS.login.id);
-  for (let i = 0; i < 200; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    const alerts = fake.commandsTo('UserInterface Message Alert Display').slice(before);
-    if (alerts.some((alert) => alert.args.Duration > 0) && fake.http.inFlight === 0) return;
-  }
-  throw new Error('no answer shown within 2 s');
 }
 
 test('a login over real HTTP unlocks with an answer signed by Node crypto', async (t) => {
@@ -85,6 +53,15 @@ test('a login over real HTTP unlocks with an answer signed by Node crypto', asyn
   assert.deepEqual(lockState(), UNLOCKED);
   assert.equal(fake.lastAlert(), 'Welcome, Alice Example');
   assert.deepEqual(connector.calls.map((call) => call.path), ['/v1/lock', '/v1/verify']);
+  assert.ok(connector.calls.every((call) => call.authenticated), 'Node crypto checked both');
+});
+
+test('an http:// connector is refused without allowPlainHttp: no request leaves', async (t) => {
+  await startDevice(t, plain.url, { settings: { allowPlainHttp: false } });
+  await loginOverNetwork();
+  assert.deepEqual(lockState(), LOCKED);
+  assert.equal(fake.lastAlert(), MESSAGES.plainHttp);
+  assert.equal(connector.calls.length, 0);
 });
 
 test('a no-match over real HTTP stays locked', async (t) => {
@@ -96,10 +73,10 @@ test('a no-match over real HTTP stays locked', async (t) => {
 });
 
 for (const form of ['object', 'json']) {
-  test(`a real 401 rejected in the ${form} form is shown as an unregistered device`, async (t) => {
+  test(`a real 401 rejected in the ${form} form shows the macro's own message`, async (t) => {
     await startDevice(t, plain.url);
     fake.http.rejectionForm = form;
-    connector.token = 'another-token';
+    connector.key = makeKey();
     await loginOverNetwork();
     assert.deepEqual(lockState(), LOCKED);
     assert.equal(fake.lastAlert(), MESSAGES.unauthorized);

@@ -20,6 +20,8 @@ test('no API the macro runtime lacks is used', () => {
     'structuredClone', 'queueMicrotask', 'setImmediate', 'XMLHttpRequest', 'window', 'document',
     '__dirname'];
   for (const name of missing) assert.doesNotMatch(code, new RegExp(`\\b${name}\\b`), name);
+  // Seen on devices but not documented: the macro decodes base64url itself.
+  for (const name of ['atob', 'btoa']) assert.doesNotMatch(code, new RegExp(`\\b${name}\\b`));
 });
 
 test('no syntax or library newer than ES2020 is used', () => {
@@ -36,16 +38,24 @@ test('no syntax or library newer than ES2020 is used', () => {
   for (const [what, pattern] of Object.entries(newer)) assert.doesNotMatch(code, pattern, what);
 });
 
-test('settings come first and ship without a token', () => {
+test('settings come first and ship without a key, plain HTTP refused', () => {
   const settingsAt = source.indexOf('const SETTINGS = {');
   const firstFunction = source.search(/^(export )?(async )?function /m);
   assert.ok(settingsAt > 0 && settingsAt < firstFunction);
   const block = source.slice(settingsAt, source.indexOf('};', settingsAt));
-  for (const key of ['connectorUrl', 'deviceToken', 'allowInsecureHttps', 'relockIdleSeconds',
-    'requestTimeoutSeconds']) {
+  for (const key of ['connectorUrl', 'deviceKey', 'allowInsecureHttps', 'allowPlainHttp',
+    'relockIdleSeconds', 'requestTimeoutSeconds']) {
     assert.match(block, new RegExp(`\\b${key}:`), key);
   }
-  assert.match(block, /deviceToken: '',/);
+  assert.match(block, /deviceKey: '',/);
+  assert.match(block, /allowInsecureHttps: false,/);
+  assert.match(block, /allowPlainHttp: false,/);
+  assert.match(block, /xCommand Security Certificates CA Add/);
+  assert.equal(block.match(/lab use only/gi).length, 2, 'both insecure settings say so');
+});
+
+test('protocol v1 is gone: no device token, no bearer authentication', () => {
+  assert.doesNotMatch(source, /deviceToken|Bearer/i);
 });
 
 test('on the device the macro starts itself when it is loaded', () => {

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import {
   advance, boot, fake, importMacro, lockState, settle, tap, tapLogin, LOCKED, UNLOCKED,
 } from '../testing/harness.mjs';
+import { parseAuthorization } from '../testing/connector-double.mjs';
 
 const { MESSAGES, PANELS } = await importMacro();
 
@@ -19,6 +20,19 @@ test('logout locks the screen and tells the connector', async (t) => {
   assert.equal(fake.lastAlert(), MESSAGES.locked);
   assert.deepEqual(paths(connector), ['/v1/lock', '/v1/verify', '/v1/lock']);
   assert.equal(connector.unlocked, false);
+});
+
+test('a lock answer that fails its signature is logged as not confirmed', async (t) => {
+  const lines = [];
+  t.mock.method(console, 'log', (...args) => lines.push(args.join(' ')));
+  const { connector } = await boot(t);
+  await tapLogin();
+  connector.forge = (reply, request) => (request.url.endsWith('/v1/lock')
+    ? { ...reply, body: '{"unlocked": true}' } : reply);
+  tap(PANELS.logout.id);
+  await settle();
+  assert.deepEqual(lockState(), LOCKED, 'the screen locks whatever the connector says');
+  assert.ok(lines.includes('faceid: connector lock not confirmed (bad_signature)'));
 });
 
 test('the screen locks again after the idle time', async (t) => {
@@ -131,7 +145,7 @@ test('requests go one at a time even when the device would accept more', async (
 });
 
 test('each request has the parameters the device HTTP client needs', async (t) => {
-  const { token } = await boot(t, { settings: { connectorUrl: 'https://connector.test:8443/' } });
+  await boot(t, { settings: { connectorUrl: 'https://connector.test:8443/' } });
   await tapLogin();
   const verify = fake.http.requests.find((request) => request.path === '/v1/verify');
   assert.equal(verify.url, 'https://connector.test:8443/v1/verify');
@@ -139,7 +153,9 @@ test('each request has the parameters the device HTTP client needs', async (t) =
   assert.equal(verify.params.AllowInsecureHTTPS, 'False');
   assert.ok(verify.params.Timeout >= 1 && verify.params.Timeout < 30);
   assert.ok(verify.params.Header.length <= 20);
-  assert.equal(verify.headers.authorization, `Bearer ${token}`);
+  assert.match(verify.headers.authorization, new RegExp('^FaceID-HMAC-SHA256 serial=FOC1234X5YZ,' +
+    'ts=\\d+,nonce=[A-Za-z0-9_-]{16,64},signature=[0-9a-f]{64}$'));
+  assert.equal(parseAuthorization(verify.headers.authorization).ts, Math.floor(Date.now() / 1000));
   assert.equal(verify.headers['content-type'], 'application/json');
 });
 

@@ -1,19 +1,46 @@
 /**
- * The connector's macro API (docs/api.md §2) as the macro sees it, signed with Node's own HMAC so
- * the macro's SHA-256/HMAC is checked against an independent implementation. Served in-process
- * (fake xapi `route`) or as a real HTTP(S) server on 127.0.0.1 (`serveConnector`).
+ * The connector's macro API, protocol v2 (docs/api.md §2), as the macro sees it: it checks every
+ * request signature and signs every answer with Node's own crypto, so the macro's SHA-256/HMAC and
+ * signing are checked against an independent implementation. Served in-process (fake xapi
+ * `route`) or as a real HTTP(S) server on 127.0.0.1 (`serveConnector`).
  */
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 
 export const NONCE_RE = /^[A-Za-z0-9_-]{16,64}$/;
+const AUTHORIZATION_RE = new RegExp('^FaceID-HMAC-SHA256 serial=([A-Za-z0-9_-]{1,64}),' +
+  'ts=(\\d{1,12}),nonce=([A-Za-z0-9_-]{16,64}),signature=([0-9a-f]{64})$');
+/** How far a request's ts may be from the connector's clock. */
+export const CLOCK_WINDOW_S = 60;
 
-/** The connector's signature: HMAC-SHA256(token, `serial|nonce|verdict|person|expires_at`). */
-export function signAnswer(token, { serial, nonce, verdict, person, expiresAt }) {
-  return createHmac('sha256', Buffer.from(token, 'utf8'))
-    .update(`${serial}|${nonce}|${verdict}|${person || ''}|${expiresAt}`, 'utf8')
+/** {serial, ts, nonce, signature} of a v2 Authorization header value; null for anything else. */
+export function parseAuthorization(value) {
+  const found = AUTHORIZATION_RE.exec(value ?? '');
+  if (!found) return null;
+  const [, serial, ts, nonce, signature] = found;
+  return { serial, ts: Number(ts), nonce, signature };
+}
+
+/** The request signature; `target` is the path with its query string, `body` the bytes sent. */
+export function requestSignature(key, { method, target, serial, ts, nonce, body }) {
+  const bodyHash = createHash('sha256').update(body).digest('hex');
+  return createHmac('sha256', key)
+    .update(`FACEID-V2\n${method}\n${target}\n${serial}\n${ts}\n${nonce}\n${bodyHash}`, 'utf8')
     .digest('hex');
+}
+
+/** The X-FaceID-Signature of an answer to the request that sent `nonce`. */
+export function answerSignature(key, nonce, bodyText) {
+  return createHmac('sha256', key)
+    .update(`FACEID-V2-ANSWER\n${nonce}\n${bodyText}`, 'utf8')
+    .digest('hex');
+}
+
+/** The connector answers in ASCII-only JSON. */
+export function asciiJson(value) {
+  return JSON.stringify(value)
+    .replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 export const outcomes = {
@@ -27,40 +54,73 @@ export const outcomes = {
   }),
 };
 
-function json(status, body, headers = {}) {
+function errorReply(status, code, message) {
   return {
     status,
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ error: { code, message } }),
   };
 }
 
-function errorReply(status, code, message, headers) {
-  return json(status, { error: { code, message } }, headers);
+/** The path and query string of a request URL, exactly as written. */
+function targetOf(url) {
+  return url.replace(/^[a-z]+:\/\/[^/]*/i, '');
 }
 
 export class ConnectorDouble {
-  constructor({ token, serial }) {
-    this.token = token;
+  /** key: the device's 32 key bytes (Buffer). */
+  constructor({ key, serial }) {
+    this.key = key;
     this.serial = serial;
     this.ttlSeconds = 30;
+    /** How far the connector's clock is ahead of the device's. */
+    this.clockOffsetS = 0;
     this.outcome = outcomes.match('Alice Example');
     this.enrollReply = { result: 'enrolled', code: null, message: 'Photo saved.', person: null };
-    /** (answer, request body) → answer: forge or replay what goes back to the device. */
+    /** (answer, request) → answer: what a (faulty) connector would sign. */
     this.tamper = null;
+    /** (reply, request, nonce) → reply: what reaches the device once signed (forged, replayed). */
+    this.forge = null;
     /** request → reply or null: answer before any check (e.g. a 500 or a hang). */
     this.override = null;
+    /** Every request: {method, path, target, body, auth, authenticated}. */
     this.calls = [];
+    this.seenNonces = new Set();
     this.unlocked = false;
   }
 
-  /** request: {method, url, path, headers (lower-case names), body}, as the device sends it. */
+  /** The key as the macro's SETTINGS.deviceKey holds it. */
+  get deviceKey() {
+    return this.key.toString('base64url');
+  }
+
+  /**
+   * request: {method, url, headers (lower-case names), body (text), rawBody? (Buffer)}, as the
+   * device sends it.
+   */
   handle(request) {
-    const { path } = request;
-    this.calls.push({ path, body: request.body });
+    const target = request.target ?? targetOf(request.url);
+    const [path, query = ''] = target.split('?');
+    const auth = parseAuthorization(request.headers.authorization);
+    const call = {
+      method: request.method, path, target, body: request.body, auth, authenticated: false,
+    };
+    this.calls.push(call);
     if (this.override) {
       const reply = this.override(request);
       if (reply) return reply;
+    }
+    const bytes = request.rawBody ?? Buffer.from(request.body, 'utf8');
+    if (!this.authentic(request.method, target, auth, bytes)) {
+      return errorReply(401, 'unauthorized', 'Unknown device or bad request signature');
+    }
+    call.authenticated = true;
+    if (request.method === 'GET' && path === '/v1/status') {
+      if (new URLSearchParams(query).get('serial') !== auth.serial) {
+        return errorReply(401, 'unauthorized', 'Unknown device or bad request signature');
+      }
+      return this.signed({ enrolled_people: 1, unlocked: this.unlocked, locked_out_for_s: 0 },
+        request, auth.nonce);
     }
     let body;
     try {
@@ -68,34 +128,62 @@ export class ConnectorDouble {
     } catch {
       return errorReply(400, 'bad_request', 'The request body is not valid JSON');
     }
-    if (request.headers.authorization !== `Bearer ${this.token}` || body.serial !== this.serial) {
-      return errorReply(401, 'unauthorized', 'Unknown device or wrong device token');
+    if (body === null || body.serial !== auth.serial) {
+      return errorReply(401, 'unauthorized', 'Unknown device or bad request signature');
     }
-    if (path === '/v1/verify') return this.verify(body);
-    if (path === '/v1/enroll') return json(200, { ...this.enrollReply, person: body.person });
-    if (path === '/v1/lock') {
-      this.unlocked = false;
-      return json(200, { unlocked: false });
-    }
-    return errorReply(404, 'not_found', 'Unknown path');
+    const answer = this.answer(request.method, path, body, auth.nonce);
+    return answer ? this.signed(answer, request, auth.nonce)
+      : errorReply(404, 'not_found', 'Unknown path');
   }
 
-  verify(body) {
-    if (!NONCE_RE.test(body.nonce ?? '')) return errorReply(400, 'bad_request', "bad 'nonce'");
-    const { verdict, person } = this.outcome;
-    const expiresAt = Math.floor(Date.now() / 1000) + this.ttlSeconds;
-    let answer = {
+  /** The header names this device, is fresh, and its signature covers exactly this request. */
+  authentic(method, target, auth, body) {
+    if (!auth || auth.serial !== this.serial || this.seenNonces.has(auth.nonce)) return false;
+    if (Math.abs(auth.ts - this.now()) > CLOCK_WINDOW_S) return false;
+    const expected = requestSignature(this.key, { ...auth, method, target, body });
+    if (!timingSafeEqual(Buffer.from(expected), Buffer.from(auth.signature))) return false;
+    this.seenNonces.add(auth.nonce);
+    return true;
+  }
+
+  answer(method, path, body, nonce) {
+    if (method !== 'POST') return null;
+    if (path === '/v1/verify') return this.verify(nonce);
+    if (path === '/v1/enroll') return { ...this.enrollReply, person: body.person };
+    if (path === '/v1/lock') {
+      this.unlocked = false;
+      return { unlocked: false };
+    }
+    return null;
+  }
+
+  verify(nonce) {
+    this.unlocked = this.outcome.verdict === 'match';
+    return {
       retry_after_s: null,
       ...this.outcome,
-      nonce: body.nonce,
-      expires_at: expiresAt,
-      signature: signAnswer(this.token, {
-        serial: this.serial, nonce: body.nonce, verdict, person, expiresAt,
-      }),
+      serial: this.serial,
+      nonce,
+      expires_at: Math.floor(this.now()) + this.ttlSeconds,
     };
-    if (this.tamper) answer = this.tamper(answer, body);
-    this.unlocked = verdict === 'match';
-    return json(200, answer);
+  }
+
+  /** A 200 answer signed for the nonce of the request it answers. */
+  signed(answer, request, nonce) {
+    const body = asciiJson(this.tamper ? this.tamper(answer, request) : answer);
+    const reply = {
+      status: 200,
+      headers: {
+        'content-type': 'application/json',
+        'x-faceid-signature': answerSignature(this.key, nonce, body),
+      },
+      body,
+    };
+    return this.forge ? this.forge(reply, request, nonce) : reply;
+  }
+
+  now() {
+    return Date.now() / 1000 + this.clockOffsetS;
   }
 
   verifyCalls() {
@@ -109,13 +197,14 @@ export async function serveConnector(connector, tls = null) {
     const chunks = [];
     incoming.on('data', (chunk) => chunks.push(chunk));
     incoming.on('end', () => {
-      const url = `${tls ? 'https' : 'http'}://${incoming.headers.host}${incoming.url}`;
+      const rawBody = Buffer.concat(chunks);
       const reply = connector.handle({
         method: incoming.method,
-        url,
-        path: new URL(url).pathname,
+        url: `${tls ? 'https' : 'http'}://${incoming.headers.host}${incoming.url}`,
+        target: incoming.url,
         headers: incoming.headers,
-        body: Buffer.concat(chunks).toString('utf8'),
+        body: rawBody.toString('utf8'),
+        rawBody,
       });
       outgoing.writeHead(reply.status, reply.headers);
       outgoing.end(reply.body);

@@ -68,8 +68,16 @@ function parseHeaders(lines) {
   return headers;
 }
 
+/** headers: an object, or [name, value] pairs (a repeated header stays repeated, as on RoomOS). */
 function headerList(headers) {
-  return Object.entries(headers).map(([Key, value]) => ({ Key, Value: String(value) }));
+  const pairs = Array.isArray(headers) ? headers : Object.entries(headers);
+  return pairs.map(([Key, value]) => ({ Key, Value: String(value) }));
+}
+
+function rawHeaderPairs(raw) {
+  const pairs = [];
+  for (let i = 0; i < raw.length; i += 2) pairs.push([raw[i], raw[i + 1]]);
+  return pairs;
 }
 
 /** A real request from this machine, as the device's HTTP client would make it. */
@@ -92,7 +100,7 @@ function networkRequest(request, { insecure, timeoutS }) {
       });
       response.on('end', () => resolve({
         status: response.statusCode,
-        headers: response.headers,
+        headers: rawHeaderPairs(response.rawHeaders),
         body: Buffer.concat(chunks).toString('utf8'),
       }));
     });

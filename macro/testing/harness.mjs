@@ -1,6 +1,6 @@
 /**
  * Shared test setup: a factory-fresh fake device with HttpClient on, a connector double with a
- * token made at run time, and the macro started against it (fake timers and clock by default).
+ * device key made at run time, and the macro started against it (fake timers and clock by default).
  */
 import './register-xapi.mjs';
 import { randomBytes } from 'node:crypto';
@@ -18,8 +18,9 @@ export function importMacro(instance = '') {
   return import(instance ? `${MACRO_URL}?instance=${instance}` : MACRO_URL);
 }
 
-export function makeToken() {
-  return randomBytes(24).toString('base64url');
+/** A device key: 32 random bytes (SETTINGS.deviceKey is their base64url). */
+export function makeKey() {
+  return randomBytes(32);
 }
 
 /** Let pending promise chains and fake-device callbacks run to completion. */
@@ -48,16 +49,16 @@ export async function boot(t, { settings = {}, fakeTimers = true, prepare } = {}
     t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: NOW_MS });
   }
   fake.setConfig('HttpClient Mode', 'On');
-  const token = makeToken();
-  const connector = new ConnectorDouble({ token, serial: SERIAL });
+  const key = makeKey();
+  const connector = new ConnectorDouble({ key, serial: SERIAL });
   fake.http.route((request) => connector.handle(request));
   if (prepare) await prepare(fake);
   await macro.start({
-    connectorUrl: 'https://connector.test:8443', deviceToken: token, ...settings,
+    connectorUrl: 'https://connector.test:8443', deviceKey: connector.deviceKey, ...settings,
   });
   await settle();
   t.after(() => macro.stop());
-  return { macro, connector, token };
+  return { macro, connector, key };
 }
 
 export function tap(panelId) {
@@ -88,4 +89,16 @@ export function lockState() {
 export async function tapLogin() {
   tap('faceid_login');
   await settle();
+}
+
+/** Tap login and wait (real time, real network) until the macro has shown an answer. */
+export async function loginOverNetwork() {
+  const before = fake.commandsTo('UserInterface Message Alert Display').length;
+  tap('faceid_login');
+  for (let i = 0; i < 200; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const alerts = fake.commandsTo('UserInterface Message Alert Display').slice(before);
+    if (alerts.some((alert) => alert.args.Duration > 0) && fake.http.inFlight === 0) return;
+  }
+  throw new Error('no answer shown within 2 s');
 }
