@@ -11,7 +11,7 @@ from typing import Any
 from . import validation
 from .config import add_device, load_config, remove_device
 from .device import TlsPolicy
-from .enrollment import audit_enrollment, enroll_image
+from .enrollment import audit_enrollment, enroll_image, outcome_of
 from .protocol import encode_key, new_device_key
 from .runtime import Runtime, build_runtime
 from .store import AuditEntry
@@ -126,7 +126,13 @@ def run(args: argparse.Namespace, config_path: str) -> int:
                 return 1
             person = validation.person(args.person)
             request_id = uuid.uuid4().hex
-            outcome = enroll_image(rt, serial, person, data, request_id, only_if_empty=False)
+            outcome = outcome_of(
+                rt,
+                serial,
+                person,
+                request_id,
+                lambda: enroll_image(rt, serial, person, data, request_id, only_if_empty=False),
+            )
             audit_enrollment(rt, request_id, serial, person, outcome)
             print(f"{outcome.result}: {outcome.message}")
             return 0 if outcome.result == "enrolled" else 1

@@ -23,7 +23,8 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `policy.max_failures` | `5` | consecutive failed verifications before a lockout |
 | `policy.lockout_base_s` | `30` | first lockout; doubles on each further failure |
 | `policy.lockout_max_s` | `900` | longest lockout |
-| `policy.unlock_ttl_s` | `600` | how long a match allows enrolling more people |
+| `policy.unlock_ttl_s` | `600` | how long a match lets that person update their own photo |
+| `policy.self_enroll` | `"first"` | `"first"`: who is first at an empty device enrolls; `"never"` |
 | `policy.max_references_per_person` | `5` | photos kept per person (the oldest is dropped) |
 | `policy.max_people_per_device` | `10` | people per device (at most 10: one photo each per call) |
 | `policy.min_face_px` | `80` | smallest face (pixels, in the 1024 px probe) enrollment accepts |
@@ -77,6 +78,7 @@ from .validation import SERIAL_RE
 CONFIG_ENV = "FACEID_CONFIG"
 AUTH_MODES = ("google-id-token", "none")
 WEBEX_EVENTS = ("failures", "all")
+SELF_ENROLL = ("first", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -122,6 +124,7 @@ class PolicyConfig:
     lockout_base_s: int = 30
     lockout_max_s: int = 900
     unlock_ttl_s: int = 600
+    self_enroll: str = "first"
     max_references_per_person: int = 5
     max_people_per_device: int = 10
     min_face_px: int = 80
@@ -379,6 +382,7 @@ def _policy(t: _Table) -> PolicyConfig:
         lockout_base_s=t.integer("lockout_base_s", 30, 1, 86400),
         lockout_max_s=t.integer("lockout_max_s", 900, 1, 7 * 86400),
         unlock_ttl_s=t.integer("unlock_ttl_s", 600, 10, 86400),
+        self_enroll=t.choice("self_enroll", "first", SELF_ENROLL),
         max_references_per_person=t.integer("max_references_per_person", 5, 1, MAX_REFERENCES),
         max_people_per_device=t.integer("max_people_per_device", 10, 1, MAX_REFERENCES),
         min_face_px=t.integer("min_face_px", 80, 1, 1024),

@@ -1,21 +1,41 @@
-"""Enrollment from the device's own camera: allowed on an empty device or inside an unlocked
-session, and only for a snapshot holding exactly one usable face."""
+"""Enrollment, bound to identity. At the device: the first person at a device nobody is enrolled
+on (policy.self_enroll = "first"), or the person whose match opened the current unlocked session,
+adding a photo of their own face to their own name. Everyone else is added by an administrator.
+
+Every photo kept is a crop of the one face of its picture, checked exactly as verification will
+use it (the function verifies the crop against itself), so a stored reference always works."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faceverify.errors import FaceIdError
 
 from .faces import crop_face, downscale_jpeg
 from .messages import screen_message
+from .names import name_key
+from .relay import ReferenceUnusable
 from .runtime import Device, Runtime
-from .store import AuditEntry
+from .store import AuditEntry, Session
 from .verification import log_failure
 from .webex import Event
 
 REFUSALS = frozenset(
-    {"locked", "no_face", "several_faces", "face_too_small", "too_dark", "too_many_references"}
+    {
+        "locked",
+        "no_face",
+        "several_faces",
+        "face_too_small",
+        "too_dark",
+        "too_many_references",
+        "not_you",
+        "new_person_needs_admin",
+        "name_taken",
+        "session_ended",
+        "self_enroll_off",
+        "photo_unusable",
+    }
 )
 
 
@@ -32,32 +52,96 @@ class EnrollOutcome:
         return screen_message(self.code or "internal_error")
 
 
-def enroll_image(
-    rt: Runtime, serial: str, person: str, jpeg: bytes, request_id: str, *, only_if_empty: bool
-) -> EnrollOutcome:
-    """Store a crop of the one usable face in `jpeg` (a snapshot or an administrator's file).
-    `only_if_empty` re-checks "nobody enrolled yet" inside the store's write transaction."""
+def refusal(code: str, message: str) -> FaceIdError:
+    return FaceIdError(409, code, message)
+
+
+def usable_crop(rt: Runtime, jpeg: bytes, request_id: str) -> bytes:
+    """The crop of the picture's one face, once the function has matched it against itself:
+    a crop it cannot find a face in, or cannot recognise, would fail every later verify."""
     image = downscale_jpeg(jpeg)
     faces = rt.function.inspect(image, trace=request_id)
     if not faces:
-        return EnrollOutcome("refused", "no_face", person)
+        raise refusal("no_face", "No face in the picture")
     if len(faces) > 1:
-        return EnrollOutcome("refused", "several_faces", person)
+        raise refusal("several_faces", "More than one face in the picture")
     box = faces[0]
     if min(box[2], box[3]) < rt.config.policy.min_face_px:
-        return EnrollOutcome("refused", "face_too_small", person)
+        raise refusal("face_too_small", "The face is too small in the picture")
+    crop = crop_face(image, box)
+    try:
+        itself = rt.function.verify(
+            crop, [("self", crop)], trace=request_id, threshold=rt.config.policy.threshold
+        )
+    except FaceIdError as exc:
+        if exc.status != 422:
+            raise
+        itself = None
+    if itself is None or itself.verdict != "match":
+        raise refusal("photo_unusable", "The face crop does not match itself")
+    return crop
+
+
+def held_to(rt: Runtime, serial: str, person: str, crop: bytes, request_id: str) -> None:
+    """A new photo of `person` must match their photos already kept (score at the threshold)."""
+    kept = rt.store.references_of(serial, person)
+    refs = [(f"r{i}", image) for i, (_, image) in enumerate(kept[:10])]
+    if not refs:
+        raise refusal("new_person_needs_admin", f"{person!r} has no photo to compare with")
+    try:
+        result = rt.function.verify(
+            crop, refs, trace=request_id, threshold=rt.config.policy.threshold
+        )
+    except ReferenceUnusable:
+        result = None
+    if result is None or result.verdict != "match":
+        raise refusal("not_you", f"The face in view is not {person}'s")
+
+
+def enroll_image(
+    rt: Runtime,
+    serial: str,
+    person: str,
+    jpeg: bytes,
+    request_id: str,
+    *,
+    only_if_empty: bool,
+    session: Session | None = None,
+) -> str:
+    """Keep a usable crop of `jpeg` as a photo of `person` (returned); refusals raise.
+    `only_if_empty` and `session` are checked again inside the store's write transaction."""
+    crop = usable_crop(rt, jpeg, request_id)
+    if session is not None:
+        held_to(rt, serial, person, crop, request_id)
     policy = rt.config.policy
     rt.store.add_reference(
         serial,
         person,
-        crop_face(image, box),
+        crop,
         max_references_per_person=policy.max_references_per_person,
         max_people=policy.max_people_per_device,
         only_if_empty=only_if_empty,
+        session=session,
+        session_ttl_s=policy.unlock_ttl_s,
         # In the same transaction: a crash cannot leave a photo nobody can account for.
         audit=AuditEntry("enroll", "enrolled", serial=serial, request_id=request_id, person=person),
     )
-    return EnrollOutcome("enrolled", None, person)
+    return person
+
+
+def outcome_of(
+    rt: Runtime, serial: str, person: str, request_id: str, action: Callable[[], str]
+) -> EnrollOutcome:
+    """Run an enrollment of `person` (`action` returns the name the photo was kept under); never
+    raises: refusals, device, function and store failures become outcomes with their code."""
+    try:
+        return EnrollOutcome("enrolled", None, action())
+    except FaceIdError as exc:
+        log_failure(rt, exc, request_id, serial)
+        return EnrollOutcome("refused" if exc.code in REFUSALS else "error", exc.code, person)
+    except Exception as exc:
+        rt.log("ERROR", "enroll failed unexpectedly", error_type=type(exc).__name__)
+        return EnrollOutcome("error", "internal_error", person)
 
 
 def audit_enrollment(
@@ -71,29 +155,45 @@ def audit_enrollment(
         recorded=outcome.result == "enrolled",
         outcome=outcome.result,
         code=outcome.code,
-        person=person,
+        person=outcome.person or person,
     )
 
 
-def _enroll(rt: Runtime, device: Device, person: str, request_id: str) -> EnrollOutcome:
-    empty = rt.store.count_people(device.serial) == 0
-    if not empty and not rt.store.is_unlocked(device.serial, rt.config.policy.unlock_ttl_s):
-        return EnrollOutcome("refused", "locked", person)
+def _at_device(rt: Runtime, device: Device, person: str, request_id: str) -> str:
+    """Who may enroll what from the device's own camera (module docstring)."""
+    policy = rt.config.policy
+    if policy.self_enroll == "never":
+        raise refusal("self_enroll_off", "Device-side enrollment is off (policy.self_enroll)")
+    people = rt.store.people(device.serial)
+    if not people:
+        snapshot = rt.device_client.snapshot(device.access)
+        return enroll_image(
+            rt, device.serial, person, snapshot.jpeg, request_id, only_if_empty=True
+        )
+    session = rt.store.unlocked_session(device.serial, policy.unlock_ttl_s)
+    if session is None:
+        raise refusal("locked", "No unlocked session on this device")
+    wanted = name_key(person)
+    if wanted != name_key(session.person):
+        taken = any(name_key(p.name) == wanted for p in people)
+        code = "not_you" if taken else "new_person_needs_admin"
+        raise refusal(code, f"{person!r} is not the person who unlocked the screen")
     snapshot = rt.device_client.snapshot(device.access)
-    return enroll_image(rt, device.serial, person, snapshot.jpeg, request_id, only_if_empty=empty)
+    try:
+        return enroll_image(
+            rt, device.serial, session.person, snapshot.jpeg, request_id,
+            only_if_empty=False, session=session,
+        )  # fmt: skip
+    except FaceIdError as exc:
+        if exc.code == "not_you":  # someone else is at the camera: the session is over
+            rt.store.end_unlocked(device.serial)
+        raise
 
 
 def enroll(rt: Runtime, device: Device, person: str, request_id: str) -> EnrollOutcome:
-    """Never raises: device, function and store failures become `error` with their code."""
-    try:
-        return _enroll(rt, device, person, request_id)
-    except FaceIdError as exc:
-        log_failure(rt, exc, request_id, device.serial)
-        result = "refused" if exc.code in REFUSALS else "error"
-        return EnrollOutcome(result, exc.code, person)
-    except Exception as exc:
-        rt.log("ERROR", "enroll failed unexpectedly", error_type=type(exc).__name__)
-        return EnrollOutcome("error", "internal_error", person)
+    return outcome_of(
+        rt, device.serial, person, request_id, lambda: _at_device(rt, device, person, request_id)
+    )
 
 
 def enroll_event(device: Device, outcome: EnrollOutcome, request_id: str) -> Event:

@@ -1,6 +1,7 @@
 """Per-device lockout after repeated failed verifications, kept in the store so a restart does not
 lift it: max_failures failures lock for lockout_base_s, each further failure doubles the wait up
-to lockout_max_s, and a match clears everything."""
+to lockout_max_s, and a match clears everything. Decided in the store's transactions before the
+device is contacted, so concurrent or crashed attempts can never add comparisons."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from .config import PolicyConfig
-from .store import LockoutState, Store
+from .store import Gate, LockoutState, Store
 
 
 def lock_seconds(failures: int, policy: PolicyConfig) -> int:
@@ -21,6 +22,9 @@ def lock_seconds(failures: int, policy: PolicyConfig) -> int:
 
 
 class Lockout:
+    """The lockout rule over the store's attempt gate: each verify is counted as a failure when it
+    begins and settled when it ends (see Store.begin_attempt)."""
+
     def __init__(
         self, store: Store, policy: PolicyConfig, clock: Callable[[], float] = time.time
     ) -> None:
@@ -28,27 +32,29 @@ class Lockout:
 
     def check(self, serial: str) -> int:
         """Whole seconds until the device may try again; 0 when it may try now."""
-        left = self._store.lockout_state(serial).locked_until - self._clock()
+        return self.remaining(self._store.lockout_state(serial))
+
+    def remaining(self, state: LockoutState) -> int:
+        left = state.locked_until - self._clock()
         if left <= 0:
             return 0
         # A clock set back must not stretch a lockout beyond its longest length.
         return min(math.ceil(left), self._policy.lockout_max_s)
 
-    def record_failure(self, serial: str) -> int:
-        """Count one failed verification; returns the lockout it starts (0 if none)."""
+    def begin(self, serial: str, lease_s: float) -> Gate:
+        """May a verify run now? "go" holds the device for at most lease_s, reserving a failure."""
         now = self._clock()
-        locked_for = 0
 
-        def change(state: LockoutState) -> LockoutState:
-            nonlocal locked_for
+        def failed(state: LockoutState) -> LockoutState:
             failures = state.failures + 1
             locked_for = lock_seconds(failures, self._policy)
             until = max(state.locked_until, now + locked_for) if locked_for else state.locked_until
             return LockoutState(failures, until)
 
-        self._store.update_lockout(serial, change)
-        return locked_for
+        return self._store.begin_attempt(serial, failed, lease_s=lease_s, now=now)
 
-    def record_success(self, serial: str) -> None:
-        if self._store.lockout_state(serial) != LockoutState():
-            self._store.update_lockout(serial, lambda _: LockoutState())
+    def finish(self, serial: str, result: str, person: str | None = None) -> int:
+        """Settle a begun attempt ("match", "failure" or "neutral"); returns the lockout a
+        failure started, in seconds (0 if none)."""
+        state = self._store.finish_attempt(serial, result, person=person, now=self._clock())
+        return lock_seconds(state.failures, self._policy) if result == "failure" else 0

@@ -56,6 +56,16 @@ class RelayResult:
     bytes_sent: int
 
 
+class ReferenceUnusable(FaceIdError):
+    """The function found a face in the probe but none in a stored reference (`reference_id`,
+    one of the ids sent, or None when the answer named none): nothing could match, and it counts
+    as a failed attempt."""
+
+    def __init__(self, reference_id: str | None) -> None:
+        super().__init__(422, "reference_unusable", "A stored reference photo has no usable face")
+        self.reference_id = reference_id
+
+
 def _unreadable() -> FaceIdError:
     return engine_unavailable("The comparison service answered something unreadable")
 
@@ -280,6 +290,9 @@ def _retry_after(value: str | None) -> int:
 def _status_error(status: int, answer: Any, retry_after: str | None) -> FaceIdError:
     """The connector's error for a function answer other than 200."""
     code = _error_code(answer)
+    if status == 422 and code == "reference_unusable":
+        named = answer["error"].get("reference_id")
+        return ReferenceUnusable(named if isinstance(named, str) else None)
     if status == 422 and code in FACE_CODES:
         return FaceIdError(422, code, FACE_CODES[code])
     if status == 429:

@@ -25,6 +25,9 @@ from .webex import Event, WebexNotices, webex_notices
 #: at most 10 s by default) keep one verify well under the macro's 20 s budget.
 DEVICE_BUDGET_S = 6.0
 SIGNOUT_BUDGET_S = 2.0
+#: Beyond the device and function deadlines, how long a verify may hold its device before another
+#: may start (a crashed connector's hold ends by itself).
+ATTEMPT_LEASE_MARGIN_S = 5.0
 #: Time given at shutdown to send the queued Webex messages (inside gunicorn's graceful timeout
 #: and a container runtime's usual 10 s stop grace).
 NOTIFY_DRAIN_S = 5.0
@@ -56,6 +59,11 @@ class Runtime:
     def __post_init__(self) -> None:
         self.function_check = CachedCheck(self.function.reachable)
         self.authenticator = Authenticator(self.device_key, clock=self.clock)
+
+    @property
+    def attempt_lease_s(self) -> float:
+        device = self.device_client.budget_s + self.device_client.signout_budget_s
+        return device + self.config.function.timeout_s + ATTEMPT_LEASE_MARGIN_S
 
     def device_key(self, serial: str) -> bytes | None:
         """Only configured devices have a key; read from the store on each request, so that

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from faceverify.errors import FaceIdError, config_error
 from faceverify.service import MAX_REFERENCES
 
+from .names import name_key
+
 SCHEMA_VERSION = 2
 #: Older schemas this connector upgrades in place (the new tables are created by SCHEMA).
 UPGRADABLE_FROM = (1,)
@@ -72,6 +74,12 @@ CREATE TABLE IF NOT EXISTS device_keys (
     nonce BLOB NOT NULL,
     ciphertext BLOB NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    serial TEXT PRIMARY KEY,
+    lease_until REAL NOT NULL,
+    prior_failures INTEGER NOT NULL,
+    prior_locked_until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     serial TEXT PRIMARY KEY,
@@ -128,6 +136,22 @@ class AuditEntry:
 class LockoutState:
     failures: int = 0
     locked_until: float = 0.0
+
+
+@dataclass(frozen=True)
+class Session:
+    """An unlocked session: who matched, and when (which also tells one session from the next)."""
+
+    person: str
+    started: float
+
+
+class Gate(NamedTuple):
+    """What begin_attempt decided: "go" (the attempt holds the device), "busy" (another attempt
+    does) or "locked_out"; `state` is the lockout as it now stands."""
+
+    decision: str
+    state: LockoutState
 
 
 def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
@@ -343,20 +367,38 @@ class Store:
         max_references_per_person: int = 5,
         max_people: int = MAX_REFERENCES,
         only_if_empty: bool = False,
+        session: Session | None = None,
+        session_ttl_s: float = 0.0,
         now: float | None = None,
     ) -> Enrollment:
         """Store one photo of `person` (creating the person), drop their oldest photos beyond the
-        limit and write `audit`, all in one transaction. only_if_empty makes "nobody is enrolled
-        yet" part of the same transaction, so two first enrollments cannot race."""
+        limit and write `audit`, all in one transaction, in which the conditions are checked
+        too, so that no race gets past them: only_if_empty, "nobody is enrolled yet"; `session`,
+        that very unlocked session is still open (younger than session_ttl_s) and `person` is
+        an existing person's name. A new name whose name_key is another person's is refused
+        (name_taken)."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT id FROM people WHERE serial = ? AND name = ?", (serial, person)
-            ).fetchone()
-            count = self._count_people(conn, serial)
+            names = dict(conn.execute("SELECT name, id FROM people WHERE serial = ?", (serial,)))
+            count = len(names)
             if only_if_empty and count > 0:
                 raise FaceIdError(409, "locked", "Someone is already enrolled on this device")
-            if row is None:
+            if session is not None and not self._session_open(
+                conn, serial, session, session_ttl_s, now
+            ):
+                raise FaceIdError(409, "session_ended", "The unlocked session ended first")
+            person_id = names.get(person)
+            if person_id is None and session is not None:
+                raise FaceIdError(409, "new_person_needs_admin", f"{person!r} is not enrolled")
+            if person_id is None:
+                key = name_key(person)
+                taken = next((name for name in names if name_key(name) == key), None)
+                if taken is not None:
+                    raise FaceIdError(
+                        409,
+                        "name_taken",
+                        f"{person!r} reads as {taken!r}, who is already enrolled on this device",
+                    )
                 if count >= max_people:
                     raise FaceIdError(
                         409,
@@ -367,8 +409,6 @@ class Store:
                     "INSERT INTO people (serial, name, created) VALUES (?, ?, ?)",
                     (serial, person, now),
                 ).lastrowid
-            else:
-                person_id = row[0]
             assert person_id is not None
             ref_id = conn.execute(
                 "INSERT INTO reference_images (person_id, nonce, ciphertext, created) "
@@ -438,6 +478,10 @@ class Store:
             references.append(Reference(name, image))
         return references
 
+    def references_of(self, serial: str, person: str) -> list[Reference]:
+        """Every photo of one person, newest first (what an update of their photo is held to)."""
+        return [r for r in self.references_for(serial, limit=10**6) if r.person == person]
+
     @staticmethod
     def _count_people(conn: sqlite3.Connection, serial: str) -> int:
         return int(
@@ -476,6 +520,7 @@ class Store:
             conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM sessions WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM device_keys WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM attempts WHERE serial = ?", (serial,))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
         return int(removed)
@@ -540,59 +585,121 @@ class Store:
 
     def lockout_state(self, serial: str) -> LockoutState:
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
-            ).fetchone()
+            return self._lockout(conn, serial)
+
+    @staticmethod
+    def _lockout(conn: sqlite3.Connection, serial: str) -> LockoutState:
+        row = conn.execute(
+            "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
+        ).fetchone()
         return LockoutState() if row is None else LockoutState(row[0], row[1])
 
-    def update_lockout(
-        self, serial: str, change: Callable[[LockoutState], LockoutState]
-    ) -> LockoutState:
-        """Read, change and write one device's lockout atomically (concurrent failures add up)."""
+    @staticmethod
+    def _set_lockout(conn: sqlite3.Connection, serial: str, state: LockoutState) -> None:
+        if state == LockoutState():
+            conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
+        else:
+            conn.execute(
+                "INSERT OR REPLACE INTO lockout (serial, failures, locked_until) VALUES (?, ?, ?)",
+                (serial, state.failures, state.locked_until),
+            )
+
+    def begin_attempt(
+        self,
+        serial: str,
+        reserve: Callable[[LockoutState], LockoutState],
+        *,
+        lease_s: float,
+        now: float | None = None,
+    ) -> Gate:
+        """Decide in one transaction, before the device is contacted, whether a verify may run:
+        not while locked out, not while another attempt holds the device (its lease), and if it
+        may, count it as a failure at once (`reserve`), so that a crash or a race can never
+        give more comparisons than the lockout allows. finish_attempt settles the count."""
+        now = time.time() if now is None else now
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
+            state = self._lockout(conn, serial)
+            if state.locked_until > now:
+                return Gate("locked_out", state)
+            lease = conn.execute(
+                "SELECT lease_until FROM attempts WHERE serial = ?", (serial,)
             ).fetchone()
-            state = change(LockoutState() if row is None else LockoutState(row[0], row[1]))
-            if state == LockoutState():
-                conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
-            else:
+            if lease is not None and lease[0] > now:
+                return Gate("busy", state)
+            reserved = reserve(state)
+            self._set_lockout(conn, serial, reserved)
+            conn.execute(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?)",
+                (serial, now + lease_s, state.failures, state.locked_until),
+            )
+        return Gate("go", reserved)
+
+    def finish_attempt(
+        self, serial: str, result: str, *, person: str | None = None, now: float | None = None
+    ) -> LockoutState:
+        """Settle what begin_attempt reserved, and end the device's unlocked session unless this
+        attempt opened a new one. result: "match" (the count is cleared and a session for
+        `person` starts), "failure" (the reserved failure stands) or "neutral" (nothing was
+        compared: the count goes back to what it was)."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            prior = conn.execute(
+                "SELECT prior_failures, prior_locked_until FROM attempts WHERE serial = ?",
+                (serial,),
+            ).fetchone()
+            conn.execute("DELETE FROM attempts WHERE serial = ?", (serial,))
+            if result == "match":
+                state = LockoutState()
                 conn.execute(
-                    "INSERT OR REPLACE INTO lockout (serial, failures, locked_until) "
-                    "VALUES (?, ?, ?)",
-                    (serial, state.failures, state.locked_until),
+                    "INSERT OR REPLACE INTO sessions (serial, person, unlocked_at, ended_at) "
+                    "VALUES (?, ?, ?, NULL)",
+                    (serial, person, now),
                 )
+            else:
+                state = self._lockout(conn, serial)
+                if result == "neutral" and prior is not None:
+                    state = LockoutState(prior[0], prior[1])
+                self._end_session(conn, serial, now)
+            self._set_lockout(conn, serial, state)
         return state
 
-    def set_unlocked(self, serial: str, person: str, now: float | None = None) -> None:
-        """Start (or restart) the device's unlocked session after a match."""
-        with self._write() as conn:
+    @staticmethod
+    def _end_session(conn: sqlite3.Connection, serial: str, now: float) -> int:
+        return int(
             conn.execute(
-                "INSERT OR REPLACE INTO sessions (serial, person, unlocked_at, ended_at) "
-                "VALUES (?, ?, ?, NULL)",
-                (serial, person, time.time() if now is None else now),
-            )
+                "UPDATE sessions SET ended_at = ? WHERE serial = ? AND ended_at IS NULL",
+                (now, serial),
+            ).rowcount
+        )
 
     def end_unlocked(self, serial: str, now: float | None = None) -> bool:
         """End the unlocked session; False when none was open."""
         with self._write() as conn:
-            ended = conn.execute(
-                "UPDATE sessions SET ended_at = ? WHERE serial = ? AND ended_at IS NULL",
-                (time.time() if now is None else now, serial),
-            ).rowcount
-        return ended > 0
+            return self._end_session(conn, serial, time.time() if now is None else now) > 0
 
-    def unlocked_person(self, serial: str, ttl_s: float, now: float | None = None) -> str | None:
-        """Who unlocked the device, while the session is open and younger than ttl_s."""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT person, unlocked_at FROM sessions WHERE serial = ? AND ended_at IS NULL",
-                (serial,),
-            ).fetchone()
+    @staticmethod
+    def _session_row(conn: sqlite3.Connection, serial: str) -> Session | None:
+        row = conn.execute(
+            "SELECT person, unlocked_at FROM sessions WHERE serial = ? AND ended_at IS NULL",
+            (serial,),
+        ).fetchone()
+        return None if row is None else Session(str(row[0]), float(row[1]))
+
+    def _session_open(
+        self, conn: sqlite3.Connection, serial: str, session: Session, ttl_s: float, now: float
+    ) -> bool:
+        return self._session_row(conn, serial) == session and 0 <= now - session.started < ttl_s
+
+    def unlocked_session(
+        self, serial: str, ttl_s: float, now: float | None = None
+    ) -> Session | None:
+        """The device's open unlocked session, while younger than ttl_s."""
         now = time.time() if now is None else now
-        if row is None or not 0 <= now - row[1] < ttl_s:
-            return None
-        return str(row[0])
+        with self._read() as conn:
+            session = self._session_row(conn, serial)
+            if session is None or not self._session_open(conn, serial, session, ttl_s, now):
+                return None
+        return session
 
     def is_unlocked(self, serial: str, ttl_s: float, now: float | None = None) -> bool:
-        return self.unlocked_person(serial, ttl_s, now) is not None
+        return self.unlocked_session(serial, ttl_s, now) is not None

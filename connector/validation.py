@@ -8,6 +8,8 @@ from typing import Any
 
 from faceverify.errors import bad_request
 
+from .names import visible
+
 # \A and \Z, not ^ and $: "$" also matches before a final newline ("SIM0000\n").
 SERIAL_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 PERSON_MAX_LEN = 64
@@ -28,4 +30,6 @@ def person(value: Any) -> str:
         raise bad_request(f"'person' must be 1 to {PERSON_MAX_LEN} characters")
     if any(not ch.isprintable() or ch in "/\\" for ch in name):
         raise bad_request("'person' may not contain control characters, '/' or '\\'")
+    if not visible(name):
+        raise bad_request("'person' must have a visible character (not only marks or spaces)")
     return name

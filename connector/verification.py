@@ -11,11 +11,13 @@ from faceverify.errors import FaceIdError
 
 from .faces import downscale_jpeg
 from .messages import screen_message
+from .relay import ReferenceUnusable
 from .runtime import Device, Runtime
 from .webex import Event
 
-#: Codes that mean "a face was compared and it was not you": these count towards the lockout.
-FAILED_ATTEMPT_CODES = frozenset({"not_recognized"})
+#: Codes that mean "a face was found in the probe and nothing matched it": these count towards
+#: the lockout, whatever went wrong with the references.
+FAILED_ATTEMPT_CODES = frozenset({"not_recognized", "reference_unusable"})
 
 
 @dataclass
@@ -28,6 +30,14 @@ class Outcome:
     stages_ms: dict[str, float] = field(default_factory=dict)
     lockout_started: bool = False
     probe: bytes | None = field(default=None, repr=False)  # in memory only, for the admins' message
+    subject: str | None = None  # whom a failure is about (reference_unusable), for the admins only
+
+    @property
+    def settles_as(self) -> str:
+        """How the attempt counts: "match", "failure" (towards the lockout) or "neutral"."""
+        if self.verdict == "match":
+            return "match"
+        return "failure" if self.code in FAILED_ATTEMPT_CODES else "neutral"
 
     @property
     def message(self) -> str:
@@ -65,6 +75,10 @@ def _compare(
             trace=request_id,
             threshold=rt.config.policy.threshold,
         )
+    except ReferenceUnusable as exc:
+        subject = ids.get(exc.reference_id or "")
+        rt.log("WARNING", exc.message, trace=request_id, serial=device.serial, person=subject)
+        return Outcome("error", exc.code, subject=subject)
     finally:  # the time is spent whether the function answers a verdict or an error
         stages["function"] = _ms(started)
     if result.verdict == "match" and result.matched_id in ids:
@@ -82,32 +96,31 @@ def log_failure(rt: Runtime, exc: FaceIdError, request_id: str, serial: str) -> 
 def _attempt(
     rt: Runtime, device: Device, request_id: str, stages: dict[str, float], probes: list[bytes]
 ) -> Outcome:
-    """The lockout gate, the comparison and the state it leaves; store errors propagate."""
-    wait = rt.lockout.check(device.serial)
-    if wait > 0:
-        return Outcome("error", "locked_out", retry_after_s=wait)
+    """The attempt gate, the comparison and how it settles; store errors propagate. Anything
+    unforeseen between the two settles as a failure: a bug never buys a free comparison."""
+    gate = rt.lockout.begin(device.serial, rt.attempt_lease_s)
+    if gate.decision == "locked_out":
+        return Outcome("error", "locked_out", retry_after_s=rt.lockout.remaining(gate.state))
+    if gate.decision == "busy":
+        return Outcome("error", "busy")
+    outcome = Outcome("error", "internal_error")
     try:
         outcome = _compare(rt, device, request_id, stages, probes)
     except FaceIdError as exc:
         log_failure(rt, exc, request_id, device.serial)
-        return Outcome("error", exc.code, retry_after_s=exc.retry_after)
-    if outcome.verdict == "match":
-        rt.lockout.record_success(device.serial)
+        outcome = Outcome("error", exc.code, retry_after_s=exc.retry_after)
+    finally:
+        settles_as = "failure" if outcome.code == "internal_error" else outcome.settles_as
         # Written before the answer says match: a session the store refused is no unlock.
-        rt.store.set_unlocked(device.serial, outcome.person or "")
+        wait = rt.lockout.finish(device.serial, settles_as, outcome.person)
+    if outcome.verdict == "match":
         rt.last_match[device.serial] = rt.clock()
-    elif outcome.code in FAILED_ATTEMPT_CODES:
-        wait = rt.lockout.record_failure(device.serial)
-        if wait > 0:
-            outcome.retry_after_s = wait
-            outcome.lockout_started = True
-            rt.log(
-                "WARNING",
-                "device locked out",
-                trace=request_id,
-                serial=device.serial,
-                lockout_s=wait,
-            )
+    elif wait > 0:
+        outcome.retry_after_s = wait
+        outcome.lockout_started = True
+        rt.log(
+            "WARNING", "device locked out", trace=request_id, serial=device.serial, lockout_s=wait
+        )
     return outcome
 
 
@@ -139,7 +152,7 @@ def verify_event(device: Device, outcome: Outcome, request_id: str) -> Event:
         device_name=device.name,
         outcome=outcome.verdict,
         code=outcome.code,
-        person=outcome.person,
+        person=outcome.person or outcome.subject,
         message=outcome.message,
         trace=request_id,
         lockout_s=outcome.retry_after_s if outcome.lockout_started else None,
@@ -151,7 +164,7 @@ def audit_fields(outcome: Outcome) -> dict[str, Any]:
     return {
         "outcome": outcome.verdict,
         "code": outcome.code,
-        "person": outcome.person,
+        "person": outcome.person or outcome.subject,
         "score": outcome.score,
         "stages_ms": outcome.stages_ms,
     }

@@ -40,6 +40,11 @@ HEADLINES = {
     ("enroll", "error"): "Enrollment failed",
 }
 SUCCESSES = frozenset({"match", "enrolled"})
+#: What the administrators should do about an outcome that is theirs to fix.
+ACTIONS = {
+    "reference_unusable": "A stored photo of this person has no usable face: remove the person "
+    "(admin remove-person) and enroll them again",
+}
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def markdown(event: Event) -> str:
         f"- Shown on the device: {escape(event.message)}",
         f"- Time: {when}",
     ]
+    if event.code in ACTIONS:
+        lines.append(f"- To do: {ACTIONS[event.code]}")
     if event.lockout_s:
         lines.append(f"- The device is now locked for {event.lockout_s} s after repeated failures")
     lines.append(f"- Request: `{event.trace}`")

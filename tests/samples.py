@@ -7,8 +7,17 @@ import base64
 import functools
 import io
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
+
+Person = Literal["grace", "astronaut"]
+#: Each sample person's face box (x, y, width) in the picture's own pixels, as dlib boxes it.
+FACE_BOXES: dict[Person, tuple[int, int, int]] = {
+    "grace": (161, 137, 216),
+    "astronaut": (179, 83, 88),
+}
+CAMERA_FRAME = (1920, 1080)
 
 
 def b64(data: bytes) -> str:
@@ -52,6 +61,60 @@ def small_png(side: int = 64) -> bytes:
     out = io.BytesIO()
     astronaut_image().resize((side, side)).save(out, "PNG")
     return out.getvalue()
+
+
+def person_picture(person: Person) -> Image.Image:
+    if person == "grace":
+        return Image.open(io.BytesIO(grace_hopper_jpeg())).convert("RGB")
+    return astronaut_image()
+
+
+def portrait(person: Person, face_px: int) -> Image.Image:
+    """Head and shoulders only (the rest of the picture would hide anyone else in the frame),
+    scaled so the face box is `face_px` wide."""
+    x, y, width = FACE_BOXES[person]
+    picture = person_picture(person)
+    box = (
+        max(0, x - width),
+        max(0, y - width),
+        min(picture.width, x + 2 * width),
+        min(picture.height, y + 5 * width // 2),
+    )
+    factor = face_px / width
+    size = (round((box[2] - box[0]) * factor), round((box[3] - box[1]) * factor))
+    return picture.crop(box).resize(size, Image.Resampling.BICUBIC)
+
+
+def person_in_front(
+    front: Person, behind: Person, behind_share: float, front_px: int = 480
+) -> Image.Image:
+    """A 1920x1080 camera frame: `front` close to the camera, face `front_px` wide, and `behind`
+    further back on the other side, face `behind_share` of that width.
+
+    With the default `front_px`, a share of 0.3 or more keeps the face behind (144 px or more)
+    within reach of the local detector's first pass, which then finds both; a smaller face
+    would go unseen, and a test of who may match would prove nothing."""
+    canvas = Image.new("RGB", CAMERA_FRAME, (96, 104, 112))
+    for person, face_px, centre in (
+        (front, front_px, (640, 560)),
+        (behind, round(front_px * behind_share), (1500, 420)),
+    ):
+        x, y, width = FACE_BOXES[person]
+        factor = face_px / width
+        left = round(centre[0] - (min(x, width) + width / 2) * factor)
+        top = round(centre[1] - (min(y, width) + width / 2) * factor)
+        canvas.paste(portrait(person, face_px), (left, top))
+    return canvas
+
+
+def cut_by_the_bottom_edge(person: Person = "grace", face_px: int = 600) -> Image.Image:
+    """A camera frame whose bottom edge cuts `person`'s portrait in half: the detector still
+    boxes the face in the whole frame, but a crop around that box is too cut to recognise (the
+    kind of photo enrollment must refuse, since a stored one would fail every verify)."""
+    canvas = Image.new("RGB", CAMERA_FRAME, (96, 104, 112))
+    face = portrait(person, face_px)
+    canvas.paste(face, (700, CAMERA_FRAME[1] - face.height // 2))
+    return canvas
 
 
 def verify_request(probe: bytes, references: dict[str, bytes], **extra: object) -> dict:

@@ -110,7 +110,7 @@ def documented_defaults() -> list[tuple[str, str, object]]:
 def test_defaults_are_the_documented_ones(tmp_path):
     config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
     rows = documented_defaults()
-    assert len(rows) == 22
+    assert len(rows) == 23
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()

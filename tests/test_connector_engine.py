@@ -153,9 +153,12 @@ def test_enrollment_goes_through_the_engine_face_detection(stack, mx):
     device = stack.devices[0]
     mx.enqueue(Reply(200, {"faces": []}), path=DETECT_PATH)
     mx.verify_rule = always(match())
-    assert verify(stack, device)["verdict"] == "match"  # an unlocked session allows enrolling
-    refused = enroll(stack, device, "Ada Lovelace")
+    assert verify(stack, device)["verdict"] == "match"  # the owner may update their photo
+    refused = enroll(stack, device, PERSON)
     assert (refused["result"], refused["code"]) == ("refused", "no_face")
+    assert status(stack, device)["enrolled_people"] == 1
+    mx.verify_rule = always(match())
+    assert enroll(stack, device, PERSON)["result"] == "enrolled"  # their own face: kept
     assert status(stack, device)["enrolled_people"] == 1
 
 

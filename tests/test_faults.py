@@ -551,13 +551,13 @@ class InProcessConnector:
 
 def disk_full(connector: InProcessConnector) -> Callable[[], None]:
     """The store cannot grow (its page limit pinned at its size, as a full disk would), and
-    other devices' sessions take the room left on its pages until SQLite refuses a write."""
+    other devices' lockout rows take the room left on its pages until SQLite refuses a write."""
     pages = connector.db.execute("PRAGMA page_count").fetchone()[0]
     default = connector.db.execute("PRAGMA max_page_count").fetchone()[0]
     connector.db.execute(f"PRAGMA max_page_count = {pages}")
     for i in range(10_000):
         try:
-            connector.runtime.store.set_unlocked(f"F{i}", "x")
+            connector.runtime.store.begin_attempt(f"F{i}", lambda state: state, lease_s=0)
         except FaceIdError as exc:
             assert exc.code == "store_unavailable" and "full" in exc.message
             break

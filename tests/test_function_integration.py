@@ -14,6 +14,7 @@ import requests
 
 from tests.fakes.mxface import (
     DETECT_PATH,
+    VERIFY_PATH,
     FakeMXFace,
     Reply,
     compared,
@@ -119,8 +120,9 @@ def test_several_faces_in_the_probe(post, mx):
     [
         ([invalid_request()], 502, "upstream_error", {1}),
         ([invalid_base64()], 502, "upstream_error", {1}),
-        ([no_face_200()], 422, "no_face", {1}),
-        ([empty_matches()], 422, "no_face", {1}),
+        # No face in any pair: face/detect on the probe (which finds none) decides.
+        ([no_face_200()], 422, "no_face", {2}),
+        ([empty_matches()], 422, "no_face", {2}),
         ([Reply(200, {**compared((1, 99.0)).body, "code": 400})], 502, "upstream_error", {1}),
         # Jittered backoff inside the 1.5 s budget leaves room for the third or the fourth try.
         ([server_error()] * 8, 502, "upstream_error", {3, 4}),
@@ -135,6 +137,21 @@ def test_mxface_failures_are_errors_never_matches(post, mx, replies, status, cod
     if code == "rate_limited":
         assert int(response.headers["Retry-After"]) >= 1
     assert calls is None or mx.count() in calls
+
+
+def test_a_smaller_matching_face_beside_the_person_in_front_is_no_match(post, mx):
+    mx.enqueue(compared((0, 30.0, 160), (1, 95.0, 60)))
+    body = post(OTHER).json()
+    assert (body["verdict"], body["matched_id"], body["faces_in_probe"]) == ("no_match", None, 2)
+
+
+def test_a_reference_without_a_face_is_named_when_the_probe_has_one(post, mx):
+    mx.enqueue(no_face_200())
+    mx.enqueue(detected(), path=DETECT_PATH)
+    response = post(OTHER)
+    assert_refused(response, 422, "reference_unusable")
+    assert response.json()["error"]["reference_id"] == "alice"
+    assert [r.path for r in mx.requests] == [VERIFY_PATH, DETECT_PATH]
 
 
 @pytest.mark.parametrize("first", [rate_limited(), server_error()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -26,13 +27,14 @@ from tests.fakes.mxface import (
     slow,
     unauthorized,
 )
-from tests.procs import free_port
+from tests.procs import REPO, free_port
 from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
 
 PROBE = astronaut_jpeg(30_000, 512)
 ALICE = grace_hopper_jpeg()
 BOB = small_png()
-ENTRY = {"image1_face": {}, "image2_face": {}}
+#: A well-formed matchedFaces entry but for matchResult and confidence.
+ENTRY = {k: v for k, v in match().body["matchedFaces"][0].items() if k.startswith("image")}
 
 
 @pytest.fixture
@@ -50,6 +52,11 @@ def client(app, fake, monkeypatch):
 
 def verify(client, probe=PROBE, refs=None, **extra):
     return client.post("/", json=verify_request(probe, refs or {"alice": ALICE}, **extra))
+
+
+def raw_entry(fields: str) -> bytes:
+    """A comparison answer of one entry written by hand (JSON that json.dumps cannot write)."""
+    return ('{"matchedFaces":[{' + json.dumps(ENTRY)[1:-1] + "," + fields + "}]}").encode()
 
 
 def assert_refused(response, status, code):
@@ -70,8 +77,6 @@ def test_same_face_matches_and_names_the_reference(client, fake):
 
 
 def test_reference_goes_as_image1_and_probe_as_image2_with_the_key(client, fake):
-    import hashlib
-
     verify(client)
     (seen,) = fake.requests
     assert seen.path == VERIFY_PATH and seen.headers["subscriptionkey"] == fake.key
@@ -144,6 +149,170 @@ def test_a_match_stands_when_another_reference_failed(client, fake):
     assert (body["verdict"], body["matched_id"]) == ("match", "a")
 
 
+# -- only the person in front: the probe's widest face and those at least 80 % as wide ---------
+
+
+def test_a_matching_face_small_beside_a_larger_one_is_no_match(client, fake):
+    fake.enqueue(compared((1, 95.0, 60), (0, 30.0, 150)))  # 60 px: someone further back
+    body = verify(client).json
+    assert (body["verdict"], body["matched_id"], body["score"]) == ("no_match", None, 30.0)
+    assert body["faces_in_probe"] == 2  # every face seen still counts
+
+
+def test_the_smaller_face_is_left_out_wherever_mxface_lists_it(client, fake):
+    fake.enqueue(compared((0, 30.0, 150), (1, 95.0, 60)))
+    assert verify(client).json["verdict"] == "no_match"
+
+
+@pytest.mark.parametrize("width", [120, 135, 150, 200])  # 120 is exactly 80 % of 150
+def test_a_face_nearly_as_wide_as_the_widest_is_in_front_and_matches(client, fake, width):
+    fake.enqueue(compared((0, 30.0, 150), (1, 95.0, width)))
+    body = verify(client).json
+    assert (body["verdict"], body["score"], body["faces_in_probe"]) == ("match", 95.0, 2)
+
+
+def test_the_rule_holds_for_each_reference(client, fake):
+    replies = {ALICE: compared((1, 90.0, 50), (0, 20.0, 140)), BOB: compared((0, 25.0, 140))}
+    fake.verify_rule = lambda image1, image2: replies[image1]
+    body = verify(client, refs={"a": ALICE, "b": BOB}).json
+    assert (body["verdict"], body["score"]) == ("no_match", 25.0)
+
+
+def probe_face(value) -> dict:
+    """A matching entry whose probe face (image2_face) is `value`, or lacks it when `...`."""
+    entry = {**match(99.0).body["matchedFaces"][0]}
+    if value is ...:
+        del entry["image2_face"]
+    else:
+        entry["image2_face"] = value
+    return {"matchedFaces": [entry]}
+
+
+@pytest.mark.parametrize(
+    "image2_face",
+    [
+        ...,
+        None,
+        {},
+        {"quality": 0.9},
+        {"faceRectangle": [40, 40, 120, 150]},
+        {"faceRectangle": {"x": 40, "y": 40, "height": 150}},
+        {"faceRectangle": {"x": 40, "y": 40, "width": 0, "height": 150}},
+        {"faceRectangle": {"x": 40, "y": 40, "width": -120, "height": 150}},
+        {"faceRectangle": {"x": 40, "y": 40, "width": "120", "height": 150}},
+        {"faceRectangle": {"x": 40, "y": 40, "width": True, "height": 150}},
+        {"faceRectangle": {"x": 40, "y": None, "width": 120, "height": 150}},
+    ],
+)
+def test_a_match_without_a_usable_probe_face_rectangle_is_upstream_error(client, fake, image2_face):
+    fake.enqueue(Reply(200, probe_face(image2_face)))
+    assert_refused(verify(client), 502, "upstream_error")
+
+
+def test_entries_used_to_test_malformed_answers_are_otherwise_well_formed(client, fake):
+    fake.enqueue(
+        Reply(200, {"matchedFaces": [{**ENTRY, "matchResult": 1, "confidence": 99}]}),
+        Reply(200, raw_entry('"matchResult":1,"confidence":99')),
+    )
+    assert verify(client).json["verdict"] == "match"
+    assert verify(client).json["verdict"] == "match"
+
+
+# -- "no face": in the probe, or a reference that cannot be used -----------------------------
+
+NO_FACE_REPLIES = [
+    no_face_200(),
+    empty_matches(),
+    Reply(400, {"errorCode": 400, "errorMessage": "No face detected"}),
+]
+
+
+def detect_calls(fake) -> list:
+    return [r for r in fake.requests if r.path == DETECT_PATH]
+
+
+def assert_reference_unusable(response, reference_id):
+    assert_refused(response, 422, "reference_unusable")
+    error = response.json["error"]
+    assert set(error) == {"code", "message", "reference_id"}
+    assert error["reference_id"] == reference_id and error["message"]
+
+
+@pytest.mark.parametrize("no_face", NO_FACE_REPLIES)
+def test_no_face_in_every_pair_and_none_found_in_the_probe_is_no_face(client, fake, no_face):
+    fake.verify_rule = lambda image1, image2: no_face
+    response = verify(client, refs={"a": ALICE, "b": BOB})
+    assert_refused(response, 422, "no_face")
+    assert set(response.json["error"]) == {"code", "message"}
+    (detect,) = detect_calls(fake)  # asked once, about the probe
+    assert detect.digests["encoded_image"] == hashlib.sha256(PROBE).hexdigest()
+
+
+def test_no_face_in_every_pair_and_detect_answering_no_faces_is_no_face(client, fake):
+    fake.enqueue(no_face_200())
+    fake.enqueue(Reply(200, {"faces": []}), path=DETECT_PATH)
+    assert_refused(verify(client), 422, "no_face")
+    assert fake.pending(DETECT_PATH) == 0
+
+
+@pytest.mark.parametrize("no_face", NO_FACE_REPLIES)
+def test_no_face_in_every_pair_but_a_face_in_the_probe_names_the_first_reference(
+    client, fake, no_face
+):
+    fake.verify_rule = lambda image1, image2: no_face
+    fake.enqueue(detected(), path=DETECT_PATH)
+    assert_reference_unusable(verify(client, refs={"a": ALICE, "b": BOB}), "a")
+    assert len(detect_calls(fake)) == 1
+
+
+def test_a_pair_without_a_face_beside_one_that_compared_is_that_reference(client, fake):
+    replies = {ALICE: no_match(), BOB: no_face_200(), PROBE: no_face_200()}
+    fake.verify_rule = lambda image1, image2: replies[image1]
+    assert_reference_unusable(verify(client, refs={"a": ALICE, "b": BOB, "p": PROBE}), "b")
+    assert detect_calls(fake) == []  # a pair that compared shows the probe has a face
+
+
+def test_a_match_with_another_reference_wins_over_an_unusable_one(client, fake):
+    fake.verify_rule = lambda image1, image2: match() if image1 == ALICE else no_face_200()
+    body = verify(client, refs={"b": BOB, "a": ALICE}).json
+    assert (body["verdict"], body["matched_id"]) == ("match", "a")
+
+
+def test_a_failure_of_the_service_wins_over_no_face(client, fake):
+    fake.verify_rule = lambda image1, image2: server_error() if image1 == ALICE else no_face_200()
+    assert_refused(verify(client, refs={"b": BOB, "a": ALICE}), 502, "upstream_error")
+    assert detect_calls(fake) == []
+
+
+def test_a_failed_detect_after_no_face_everywhere_fails_closed(client, fake):
+    fake.enqueue(no_face_200())
+    fake.enqueue(*[server_error()] * mxface.MAX_ATTEMPTS, path=DETECT_PATH)
+    assert_refused(verify(client), 502, "upstream_error")
+
+
+def test_reference_unusable_is_the_documented_422_and_logged_with_its_id(client, fake, capsys):
+    import jsonschema_rs
+    import yaml
+
+    fake.verify_rule = lambda image1, image2: no_match() if image1 == ALICE else no_face_200()
+    capsys.readouterr()
+    response = verify(client, refs={"alice-1": ALICE, "bob-2": BOB})
+    assert_reference_unusable(response, "bob-2")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["reference_id"] == "bob-2"
+    spec = yaml.safe_load((REPO / "docs" / "openapi-function.yaml").read_text())
+    schema = spec["components"]["responses"]["Unprocessable"]["content"]["application/json"]
+    validator = jsonschema_rs.validator_for({**schema["schema"], "components": spec["components"]})
+    validator.validate(response.json)
+    error = response.json["error"]
+    for wrong in (
+        {"error": {**error, "code": "no_face"}},  # only reference_unusable names a reference
+        {"error": {k: v for k, v in error.items() if k != "reference_id"}},
+        {"error": {**error, "reference_id": ""}},
+    ):
+        assert not validator.is_valid(wrong), wrong
+
+
 # -- errors: only a 200 with non-empty matchedFaces and no error code is a result -------------
 
 
@@ -153,37 +322,34 @@ def test_a_match_stands_when_another_reference_failed(client, fake):
         (unauthorized(), 500, "config_error"),
         (invalid_request(), 502, "upstream_error"),
         (invalid_base64(), 502, "upstream_error"),
-        (no_face_200(), 422, "no_face"),
-        (empty_matches(), 422, "no_face"),
-        (Reply(400, {"errorCode": 400, "errorMessage": "No face detected"}), 422, "no_face"),
         (Reply(200, {**compared((1, 99.0)).body, "code": 500}), 502, "upstream_error"),
         (Reply(200, {**compared((1, 99.0)).body, "errorCode": "400"}), 502, "upstream_error"),
         (Reply(200, b"<html>maintenance</html>"), 502, "upstream_error"),
         (Reply(200, {"result": "ok"}), 502, "upstream_error"),
         (Reply(200, [compared((1, 99.0)).body]), 502, "upstream_error"),
-        (Reply(200, {"matchedFaces": [{"matchResult": 1}]}), 502, "upstream_error"),
+        (Reply(200, {"matchedFaces": [{**ENTRY, "matchResult": 1}]}), 502, "upstream_error"),
         (
-            Reply(200, {"matchedFaces": [{"matchResult": True, "confidence": 99}]}),
+            Reply(200, {"matchedFaces": [{**ENTRY, "matchResult": True, "confidence": 99}]}),
             502,
             "upstream_error",
         ),
         (
-            Reply(200, {"matchedFaces": [{"matchResult": 2, "confidence": 99}]}),
+            Reply(200, {"matchedFaces": [{**ENTRY, "matchResult": 2, "confidence": 99}]}),
             502,
             "upstream_error",
         ),
         (
-            Reply(200, {"matchedFaces": [{"matchResult": 1, "confidence": "99"}]}),
+            Reply(200, {"matchedFaces": [{**ENTRY, "matchResult": 1, "confidence": "99"}]}),
             502,
             "upstream_error",
         ),
         (
-            Reply(200, b'{"matchedFaces":[{"matchResult":1,"confidence":NaN}]}'),
+            Reply(200, raw_entry('"matchResult":1,"confidence":NaN')),
             502,
             "upstream_error",
         ),
         (
-            Reply(200, b'{"matchedFaces":[{"matchResult":1,"confidence":1e999}]}'),
+            Reply(200, raw_entry('"matchResult":1,"confidence":1e999')),
             502,
             "upstream_error",
         ),

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import validation
+from connector.names import visible
 from connector.protocol import AuthError, parse_authorization
 from demo.macro_client import authorization, key_text
 from demo.photos import write_frames
@@ -102,12 +103,14 @@ def documented_nonce(value: Any) -> bool:
 
 
 def documented_person(value: Any) -> str | None:
-    """The stored name: 1-64 printable characters, none of them / or \\, surrounding spaces
-    trimmed (compared in Unicode NFC form, the form names are kept in); None when refused."""
+    """The stored name: 1-64 printable characters, none of them / or \\, at least one of them
+    visible (connector/names.py, tested in tests/test_names.py), surrounding spaces trimmed
+    (compared in Unicode NFC form, the form names are kept in); None when refused."""
     if not isinstance(value, str):
         return None
     name = unicodedata.normalize("NFC", value).strip()
-    if 1 <= len(name) <= 64 and all(ch.isprintable() and ch not in "/\\" for ch in name):
+    printable = all(ch.isprintable() and ch not in "/\\" for ch in name)
+    if 1 <= len(name) <= 64 and printable and visible(name):
         return name
     return None
 

@@ -113,10 +113,12 @@ def refusal(response: requests.Response) -> tuple[int, str]:
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
+    code = body["error"].get("code")
+    named = {"reference_id"} if code == "reference_unusable" else set()
+    assert set(body["error"]) == {"code", "message"} | named, body
     message = body["error"]["message"]
     assert isinstance(message, str) and message, body
-    answer = (response.status_code, body["error"]["code"])
+    answer = (response.status_code, code)
     assert answer in DOCUMENTED, answer
     return answer
 
@@ -161,6 +163,25 @@ def test_the_well_formed_request_matches_through_mxface(http, mxface_fn, fake):
 def test_a_complete_image_matches_itself_with_the_local_engine(http, local_fn, image):
     body = verify_request(image(), {"grace": image()})
     assert send(http, local_fn, body).json()["verdict"] == "match"
+
+
+@functools.cache
+def grey_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(out, "JPEG")
+    return out.getvalue()
+
+
+@fuzz(15)
+@given(ids=st.lists(st.text(min_size=1, max_size=ID_MAX_LEN), min_size=2, max_size=3, unique=True))
+@example(ids=["é" * ID_MAX_LEN, "x"])
+def test_an_unusable_reference_is_named_by_exactly_the_id_sent(http, local_fn, ids):
+    """Whatever the ids hold, the first reference without a face comes back as it was sent."""
+    refs = [{"id": ref_id, "image": b64(grey_jpeg())} for ref_id in ids]
+    body = {"probe": b64(grace_hopper_jpeg()), "references": refs}
+    response = send(http, local_fn, body)
+    assert refusal(response) == (422, "reference_unusable")
+    assert response.json()["error"]["reference_id"] == ids[0]
 
 
 # -- any JSON, wrong types, huge values ---------------------------------------------------------

@@ -14,12 +14,15 @@ from pathlib import Path
 import matplotlib
 import pytest
 from faceverify.config import load_settings
+from faceverify.engines import base
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
 from faceverify.errors import FaceIdError
 from faceverify.images import EncodedImage, parse_image
 from PIL import Image, ImageEnhance
 from skimage import data
+
+from tests.samples import person_in_front
 
 pytestmark = pytest.mark.slow
 
@@ -210,12 +213,116 @@ def test_probe_with_two_people_matches_if_either_is_the_claimed_person(
     assert result.faces_in_probe == 2
 
 
-def test_reference_without_a_face_fails_closed(engine, refs):
-    rocket = Reference("rocket", encoded(Image.fromarray(data.rocket())))
-    error = refusal(lambda: verify(engine, astronaut(), rocket, refs["grace"]))
-    assert error.code == "no_face" and "reference" in error.message
-    # ...but a matching reference still wins: the failed one changes nothing then.
-    assert verify(engine, astronaut(), rocket, refs["astronaut"]).matched
+# -- only the person in front --------------------------------------------------------------
+def test_a_smaller_face_behind_does_not_match_for_the_person_in_front(engine, refs, monkeypatch):
+    probe = person_in_front("astronaut", "grace", 0.35)
+    result = verify(engine, probe, refs["grace"])
+    assert not result.matched and result.reference_id is None
+    assert result.score < engine.default_threshold() - 0.1
+    assert result.faces_in_probe == 2  # Grace was seen behind, and counted
+    monkeypatch.setattr(base, "IN_FRONT_SHARE", 0.0)  # control: without the rule she matches
+    assert verify(engine, probe, refs["grace"]).matched
+
+
+def test_the_person_in_front_matches_whoever_is_small_behind(engine, refs):
+    probe = person_in_front("grace", "astronaut", 0.35)
+    result = verify(engine, probe, refs["astronaut"], refs["grace"])
+    assert result.matched and result.reference_id == "grace"
+    assert result.faces_in_probe == 2
+    assert not verify(engine, probe, refs["astronaut"]).matched  # nor is the one behind matched
+
+
+@pytest.mark.parametrize(("front", "beside"), [("grace", "astronaut"), ("astronaut", "grace")])
+def test_two_faces_of_similar_width_both_count(engine, refs, front, beside):
+    probe = person_in_front(front, beside, 0.95)
+    for claimed in (front, beside):
+        result = verify(engine, probe, refs[claimed])
+        assert result.matched and result.reference_id == claimed
+        assert result.faces_in_probe == 2
+
+
+def test_min_face_px_still_applies_to_each_face_in_front(engine, refs):
+    probe = person_in_front("astronaut", "grace", 0.95)
+    sides = sorted(min(f.box[2:]) for f in engine.inspect(encoded(probe), Deadline(30)))
+    assert len(sides) == 2 and sides[0] >= base.IN_FRONT_SHARE * sides[1]  # both in front
+    between = LocalEngine(load_settings({"MIN_FACE_PX": str(sum(sides) // 2)}))
+    assert verify(between, probe, refs["astronaut"]).matched
+    assert not verify(between, probe, refs["grace"]).matched  # her face is under MIN_FACE_PX
+    above = LocalEngine(load_settings({"MIN_FACE_PX": str(sides[1] + 1)}))
+    assert refusal(lambda: verify(above, probe, refs["astronaut"])).code == "face_too_small"
+
+
+def test_http_verify_of_someone_behind_the_person_in_front_is_no_match(client):
+    body = {
+        "probe": jpeg_b64(person_in_front("astronaut", "grace", 0.35)),
+        "references": [{"id": "grace-1", "image": jpeg_b64(grace())}],
+    }
+    answer = client.post("/", json=body)
+    assert answer.status_code == 200, answer.json
+    assert (answer.json["verdict"], answer.json["matched_id"]) == ("no_match", None)
+    assert answer.json["faces_in_probe"] == 2
+
+
+# -- a reference that cannot be used --------------------------------------------------------
+def grey_reference(ref_id: str = "grey") -> Reference:
+    return Reference(ref_id, encoded(Image.new("RGB", (640, 480), (128, 128, 128))))
+
+
+def rocket_reference() -> Reference:
+    return Reference("rocket", encoded(Image.fromarray(data.rocket())))
+
+
+@pytest.mark.parametrize("unusable", [grey_reference, rocket_reference])
+def test_a_reference_without_a_face_is_named(engine, refs, unusable):
+    reference = unusable()
+    error = refusal(lambda: verify(engine, astronaut(), refs["grace"], reference))
+    assert error.code == "reference_unusable"
+    assert error.to_json()["error"]["reference_id"] == reference.id
+
+
+def test_the_first_unusable_reference_is_named(engine, refs):
+    references = [refs["grace"], grey_reference("grey-1"), rocket_reference(), grey_reference()]
+    error = refusal(lambda: verify(engine, astronaut(), *references))
+    assert (error.code, error.details) == ("reference_unusable", {"reference_id": "grey-1"})
+
+
+def test_a_match_with_another_reference_wins_over_an_unusable_one(engine, refs):
+    result = verify(engine, astronaut(), grey_reference(), refs["astronaut"])
+    assert result.matched and result.reference_id == "astronaut"
+
+
+@pytest.mark.parametrize(
+    ("probe", "code"),
+    [
+        (lambda: Image.fromarray(data.coffee()), "no_face"),
+        (lambda: Image.new("RGB", FRAME, (0, 0, 0)), "too_dark"),
+        (lambda: snapshot(grace(), 60, GRACE_FACE_PX), "face_too_small"),
+    ],
+    ids=["no face", "too dark", "too small"],
+)
+def test_the_probe_is_judged_before_the_references(engine, probe, code):
+    error = refusal(lambda: verify(engine, probe(), grey_reference()))
+    assert error.code == code and error.details == {}
+
+
+def test_http_unusable_reference_is_422_naming_it(client):
+    body = {
+        "probe": jpeg_b64(astronaut()),
+        "references": [
+            {"id": "grace-1", "image": jpeg_b64(grace())},
+            {"id": "grey-1", "image": jpeg_b64(Image.new("RGB", (640, 480), (128, 128, 128)))},
+        ],
+    }
+    answer = client.post("/", json=body)
+    assert answer.status_code == 422
+    assert answer.json == {
+        "error": {
+            "code": "reference_unusable",
+            "message": answer.json["error"]["message"],
+            "reference_id": "grey-1",
+        }
+    }
+    assert "reference photo" in answer.json["error"]["message"]
 
 
 # -- cache, models, threads ----------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The lockout schedule (docs/api.md §2): 5 failures lock for 30 s, each further one doubles the
-wait up to 15 min, a match clears it, and a restart does not."""
+wait up to 15 min, a match clears it, and a restart does not. And the attempt gate it rides on:
+one attempt per device at a time, counted as a failure from its start, so that no race or crash
+gets more comparisons than the schedule allows."""
 
 from __future__ import annotations
 
@@ -45,11 +47,24 @@ def lockout(store, clock):
     return Lockout(store, PolicyConfig(), clock)
 
 
+LEASE_S = 20.0
+
+
+def attempt(lockout: Lockout, result: str, person: str | None = None) -> int:
+    """One attempt that the gate lets through, settled as `result`; the lockout it started."""
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"
+    return lockout.finish(SERIAL, result, person)
+
+
+def fail(lockout: Lockout) -> int:
+    return attempt(lockout, "failure")
+
+
 def fail_after_waiting(lockout: Lockout, clock: Clock) -> int:
     """A failure made as soon as the device may try again."""
     clock.now += lockout.check(SERIAL)
     assert lockout.check(SERIAL) == 0
-    return lockout.record_failure(SERIAL)
+    return fail(lockout)
 
 
 def test_the_schedule_doubles_from_30_s_up_to_15_min(lockout, clock):
@@ -59,7 +74,7 @@ def test_the_schedule_doubles_from_30_s_up_to_15_min(lockout, clock):
 
 def test_check_counts_the_lockout_down(lockout, clock):
     for _ in range(5):
-        lockout.record_failure(SERIAL)
+        fail(lockout)
     assert lockout.check(SERIAL) == 30
     clock.now += 12.5
     assert lockout.check(SERIAL) == 18  # rounded up: never lets a device in early
@@ -71,7 +86,8 @@ def test_check_counts_the_lockout_down(lockout, clock):
 def test_a_match_starts_the_count_again(lockout, clock):
     for _ in range(6):
         fail_after_waiting(lockout, clock)
-    lockout.record_success(SERIAL)
+    clock.now += lockout.check(SERIAL)
+    attempt(lockout, "match", "Alice")
     assert lockout.check(SERIAL) == 0
     assert [fail_after_waiting(lockout, clock) for _ in range(5)] == [0, 0, 0, 0, 30]
 
@@ -91,25 +107,73 @@ def test_a_restart_keeps_the_lockout(tmp_path, key, clock):
         reopened.close()
 
 
-def test_simultaneous_failures_all_count(lockout, store):
-    start = threading.Barrier(8)
+def begin_at_once(lockout: Lockout, count: int) -> list[str]:
+    start = threading.Barrier(count)
+    decisions: list[str] = []
 
     def work() -> None:
         start.wait()
-        lockout.record_failure(SERIAL)
+        decisions.append(lockout.begin(SERIAL, LEASE_S).decision)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert store.lockout_state(SERIAL).failures == 8
-    assert lockout.check(SERIAL) == 240
+    return sorted(decisions)
+
+
+def test_of_simultaneous_attempts_one_goes_and_the_others_are_busy(lockout):
+    assert begin_at_once(lockout, 30) == ["busy"] * 29 + ["go"]
+    assert lockout.finish(SERIAL, "neutral") == 0
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"  # the device is free again
+
+
+def test_after_four_failures_thirty_at_once_give_one_comparison_then_a_lockout(lockout, store):
+    for _ in range(4):
+        fail(lockout)
+    # The one that goes is counted from its start: the others find the device locked out.
+    assert begin_at_once(lockout, 30) == ["go"] + ["locked_out"] * 29
+    assert store.lockout_state(SERIAL).failures == 5 and lockout.check(SERIAL) == 30
+    assert lockout.finish(SERIAL, "failure") == 30
+    assert lockout.begin(SERIAL, LEASE_S).decision == "locked_out"
+
+
+def test_an_attempt_that_compared_nothing_gives_its_reserved_failure_back(lockout, store):
+    for _ in range(4):
+        fail(lockout)
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"
+    assert lockout.check(SERIAL) == 30  # reserved: locked out while it runs
+    assert lockout.finish(SERIAL, "neutral") == 0  # e.g. no face in view
+    assert store.lockout_state(SERIAL).failures == 4 and lockout.check(SERIAL) == 0
+    assert fail(lockout) == 30
+
+
+def test_an_attempt_whose_connector_died_counts_as_a_failure_and_frees_the_device(
+    lockout, store, clock
+):
+    for _ in range(3):
+        fail(lockout)
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"  # ... and the process is killed
+    assert Lockout(store, PolicyConfig(), clock).begin(SERIAL, LEASE_S).decision == "busy"
+    clock.now += LEASE_S + 0.1
+    assert fail(lockout) == 30  # the dead attempt's failure stands: this is the fifth
+    assert store.lockout_state(SERIAL).failures == 5
+
+
+def test_a_match_opens_a_session_and_any_other_outcome_ends_it(lockout, store, clock):
+    attempt(lockout, "match", "Alice")
+    session = store.unlocked_session(SERIAL, 600, now=clock.now)
+    assert session is not None and session.person == "Alice"
+    for result in ("neutral", "failure"):
+        attempt(lockout, "match", "Alice")
+        attempt(lockout, result)
+        assert store.unlocked_session(SERIAL, 600, now=clock.now) is None
 
 
 def test_a_clock_set_back_does_not_stretch_a_lockout(lockout, clock):
     for _ in range(5):
-        lockout.record_failure(SERIAL)
+        fail(lockout)
     clock.now -= 86400
     assert lockout.check(SERIAL) == 900
 

@@ -17,7 +17,7 @@ import time
 import pytest
 from faceverify.errors import FaceIdError
 
-from connector.store import AuditEntry, Store
+from connector.store import AuditEntry, Session, Store
 from tests.procs import REPO
 from tests.samples import astronaut_jpeg, grace_hopper_jpeg
 
@@ -39,6 +39,12 @@ def store(path, key):
     s = Store.open(path, key)
     yield s
     s.close()
+
+
+def unlock(store: Store, person: str, now: float | None = None) -> None:
+    """What a match does: an attempt through the gate, settled as a match for `person`."""
+    assert store.begin_attempt(SERIAL, lambda s: s, lease_s=20, now=now).decision == "go"
+    store.finish_attempt(SERIAL, "match", person=person, now=now)
 
 
 def photo(n: int) -> bytes:
@@ -200,7 +206,7 @@ def test_a_failed_enrollment_leaves_nothing(store):
 KILLED_INSIDE_ENROLLMENT = textwrap.dedent(
     """
     import os, signal, sys
-    from connector.store import AuditEntry, Store
+    from connector.store import AuditEntry, Session, Store
 
     class Dying(Store):
         def _insert_audit(self, conn, entry, now):
@@ -283,7 +289,7 @@ def test_reading_references_is_fast_under_concurrency(store):
 def test_removing_a_person_removes_their_photos_and_session(store):
     store.add_reference(SERIAL, "Alice", photo(1))
     store.add_reference(SERIAL, "Bob", photo(2))
-    store.set_unlocked(SERIAL, "Alice")
+    unlock(store, "Alice")
     assert store.remove_person(SERIAL, "Alice") is True
     assert store.remove_person(SERIAL, "Alice") is False
     assert store.references_for(SERIAL) == [("Bob", photo(2))]
@@ -293,12 +299,13 @@ def test_removing_a_person_removes_their_photos_and_session(store):
 def test_removing_a_device_forgets_it_but_keeps_its_audit(store):
     store.add_reference(SERIAL, "Alice", photo(1))
     store.add_reference("OTHER", "Carol", photo(2))
-    store.set_unlocked(SERIAL, "Alice")
-    store.update_lockout(SERIAL, lambda s: type(s)(3, 0.0))
+    unlock(store, "Alice")
+    store.begin_attempt(SERIAL, lambda s: type(s)(3, 0.0), lease_s=20)  # in flight, 3 failures
     store.record_audit(action="verify", serial=SERIAL, outcome="match")
     assert store.remove_device(SERIAL) == 1
     assert store.count_people(SERIAL) == 0 and store.count_people("OTHER") == 1
     assert store.lockout_state(SERIAL).failures == 0
+    assert store.begin_attempt(SERIAL, lambda s: s, lease_s=20).decision == "go"  # no lease left
     assert not store.is_unlocked(SERIAL, 600)
     assert len(store.audit(serial=SERIAL)) == 1
 
@@ -323,8 +330,8 @@ def test_audit_is_newest_first_and_filtered_by_device(store):
 
 
 def test_unlocked_session_lasts_its_ttl_until_locked(store):
-    store.set_unlocked(SERIAL, "Alice", now=1000.0)
-    assert store.unlocked_person(SERIAL, 600, now=1599.0) == "Alice"
+    unlock(store, "Alice", now=1000.0)
+    assert store.unlocked_session(SERIAL, 600, now=1599.0) == Session("Alice", 1000.0)
     assert not store.is_unlocked(SERIAL, 600, now=1600.0)
     assert store.end_unlocked(SERIAL, now=1100.0) is True
     assert not store.is_unlocked(SERIAL, 600, now=1200.0)
@@ -333,7 +340,7 @@ def test_unlocked_session_lasts_its_ttl_until_locked(store):
 
 def test_state_survives_reopening(store, path, key):
     store.add_reference(SERIAL, "Alice", photo(1))
-    store.set_unlocked(SERIAL, "Alice", now=1000.0)
+    unlock(store, "Alice", now=1000.0)
     store.close()
     reopened = Store.open(path, key)
     try:
@@ -403,3 +410,51 @@ def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, pa
         db.execute("UPDATE meta SET value = 3 WHERE name = 'schema'")
     with pytest.raises(FaceIdError, match="has schema 3, this connector reads schema 2"):
         Store.open(path, key)
+
+
+def test_a_name_that_reads_as_another_persons_is_name_taken(store):
+    store.add_reference(SERIAL, "Grace Hopper", photo(1))
+    for lookalike in ("grace hopper", "GRACE  HOPPER", "Ｇｒａｃｅ Ｈｏｐｐｅｒ", "Grаce Hоpper"):
+        with pytest.raises(FaceIdError) as caught:
+            store.add_reference(SERIAL, lookalike, photo(2))
+        assert caught.value.code == "name_taken" and "Grace Hopper" in caught.value.message
+    store.add_reference(SERIAL, "Grace Hopper", photo(3))  # the same name adds a photo
+    store.add_reference("OTHER", "grace hopper", photo(4))  # another device is another namespace
+    assert [p.references for p in store.people(SERIAL)] == [2]
+
+
+def test_an_update_is_kept_only_while_its_session_is_open(store):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    unlock(store, "Alice", now=1000.0)
+    session = store.unlocked_session(SERIAL, 600, now=1001.0)
+    assert session is not None
+    store.add_reference(SERIAL, "Alice", photo(2), session=session, session_ttl_s=600, now=1002.0)
+    with pytest.raises(FaceIdError) as late:
+        store.add_reference(
+            SERIAL, "Alice", photo(3), session=session, session_ttl_s=600, now=1600.0
+        )
+    store.end_unlocked(SERIAL, now=1003.0)
+    with pytest.raises(FaceIdError) as ended:
+        store.add_reference(
+            SERIAL, "Alice", photo(4), session=session, session_ttl_s=600, now=1004.0
+        )
+    unlock(store, "Alice", now=1005.0)  # a new session is not the old one
+    with pytest.raises(FaceIdError) as other:
+        store.add_reference(
+            SERIAL, "Alice", photo(5), session=session, session_ttl_s=600, now=1006.0
+        )
+    assert {late.value.code, ended.value.code, other.value.code} == {"session_ended"}
+    assert [p.references for p in store.people(SERIAL)] == [2]
+
+
+def test_a_session_cannot_create_a_person(store):
+    store.add_reference(SERIAL, "Alice", photo(1))
+    unlock(store, "Alice", now=1000.0)
+    session = store.unlocked_session(SERIAL, 600, now=1000.0)
+    assert session is not None
+    with pytest.raises(FaceIdError) as caught:
+        store.add_reference(
+            SERIAL, "Mallory", photo(2), session=session, session_ttl_s=600, now=1001.0
+        )
+    assert caught.value.code == "new_person_needs_admin"
+    assert [p.name for p in store.people(SERIAL)] == ["Alice"]

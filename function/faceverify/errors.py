@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class FaceIdError(Exception):
-    """An expected failure: carries the HTTP status, a stable code and a message safe to show."""
+    """An expected failure: carries the HTTP status, a stable code and a message safe to show.
+
+    `details` are the few facts a caller acts on beyond the code (reference_unusable's
+    `reference_id`); they go into the JSON body and the log line, and most errors have none.
+    """
 
     def __init__(
-        self, status: int, code: str, message: str, *, retry_after: int | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        details: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.details = dict(details or {})
 
     def to_json(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
 
 
 def bad_request(message: str) -> FaceIdError:
@@ -54,6 +67,18 @@ def too_dark(
     "Uncover the camera or turn on the light.",
 ) -> FaceIdError:
     return FaceIdError(422, "too_dark", message)
+
+
+def reference_unusable(reference_id: str) -> FaceIdError:
+    """A stored reference photo without a usable face, named, so that it can be replaced: the
+    person at the device is not to blame, and "no face" would tell them they are."""
+    return FaceIdError(
+        422,
+        "reference_unusable",
+        "No usable face was found in the stored reference photo named by reference_id; "
+        "replace that photo.",
+        details={"reference_id": reference_id},
+    )
 
 
 def too_large(message: str) -> FaceIdError:

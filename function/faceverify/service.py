@@ -206,5 +206,6 @@ def _log_refusal(
         code=error.code,
         verdict="error",
         elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        **error.details,
         **fields,
     )

@@ -11,7 +11,8 @@ line (`key=...`).
 It behaves like the real service where REFERENCE.md says how (Subscriptionkey check and its 401
 body, the two 400 bodies, the 10 MB body cap) and is scripted per test for the rest: queue the
 next answers with `enqueue`, or change `verify_rule` / `detect_reply`. Without a script, two
-identical images match and any others do not.
+identical images match and any others do not. Like the real service, a "no face" comparison does
+not say which image lacked one; detect then finds no face in either image (unless queued).
 """
 
 from __future__ import annotations
@@ -68,18 +69,19 @@ def _rect(x: float = 40, y: float = 40, width: float = 120, height: float = 150)
     return {"x": x, "y": y, "width": width, "height": height}
 
 
-def _matched_face(result: int, confidence: float) -> dict:
+def _matched_face(result: int, confidence: float, probe_width: float = 120) -> dict:
     return {
         "matchResult": result,
         "confidence": confidence,
         "image1_face": {"faceRectangle": _rect(), "quality": 0.93},
-        "image2_face": {"faceRectangle": _rect(), "quality": 0.91},
+        "image2_face": {"faceRectangle": _rect(width=probe_width), "quality": 0.91},
     }
 
 
-def compared(*faces: tuple[int, float]) -> Reply:
-    """A 200 comparison with one `(matchResult, confidence)` entry per face found in image 2."""
-    return Reply(200, {"matchedFaces": [_matched_face(r, c) for r, c in faces]})
+def compared(*faces: tuple[int, float] | tuple[int, float, float]) -> Reply:
+    """A 200 comparison with one `(matchResult, confidence)` entry per face found in image 2,
+    or `(matchResult, confidence, width)` to give that face's width (120 px otherwise)."""
+    return Reply(200, {"matchedFaces": [_matched_face(*face) for face in faces]})
 
 
 def match(confidence: float = 92.5) -> Reply:
@@ -136,6 +138,13 @@ def detected(
     return Reply(200, [body] if wrapped else body)
 
 
+def _says_no_face(reply: Reply) -> bool:
+    """Whether a comparison reply is MXFace's "no face" (an error naming it, or no faces)."""
+    body = reply.body if isinstance(reply.body, dict) else {}
+    text = str(body.get("message") or body.get("errorMessage") or "").lower()
+    return body.get("matchedFaces") == [] or "no face" in text
+
+
 def same_image_rule(image1: bytes, image2: bytes) -> Reply:
     """The default comparison: identical image bytes match, anything else does not."""
     return match(97.0) if image1 == image2 else no_match(18.0)
@@ -180,6 +189,7 @@ class FakeMXFace:
         self._lock = threading.Lock()
         self._queues: dict[str, deque[Reply]] = {VERIFY_PATH: deque(), DETECT_PATH: deque()}
         self._records: list[Recorded] = []
+        self._faceless: set[bytes] = set()  # digests of images in a "no face" comparison
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -258,6 +268,7 @@ class FakeMXFace:
             for queue in self._queues.values():
                 queue.clear()
             self._records.clear()
+            self._faceless.clear()
             self.verify_rule = same_image_rule
             self.detect_reply = detected()
 
@@ -272,12 +283,17 @@ class FakeMXFace:
 
     # -- behaviour -----------------------------------------------------------------------
     def _next_reply(self, path: str, images: list[bytes]) -> Reply:
+        digests = [hashlib.sha256(image).digest() for image in images]
         with self._lock:
-            if self._queues[path]:
-                return self._queues[path].popleft()
-        if path == VERIFY_PATH:
-            return self.verify_rule(images[0], images[1])
-        return self.detect_reply
+            reply = self._queues[path].popleft() if self._queues[path] else None
+            if reply is None and path == DETECT_PATH and digests[0] in self._faceless:
+                reply = no_face_200()
+        if reply is None:
+            reply = self.verify_rule(*images) if path == VERIFY_PATH else self.detect_reply
+        if path == VERIFY_PATH and _says_no_face(reply):
+            with self._lock:
+                self._faceless.update(digests)
+        return reply
 
     def answer(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[Reply, dict]:
         """The reply to one well-sized POST, checked in the order the real service does."""

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..errors import upstream_timeout
 from ..images import EncodedImage
+
+#: A probe face at least this share of the widest face's width belongs to the person in front.
+IN_FRONT_SHARE = 0.8
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,16 @@ class Comparison:
     reference_id: str | None
     score: float
     faces_in_probe: int | None
+
+
+def in_front(faces: Sequence[T], width: Callable[[T], float]) -> list[T]:
+    """The probe's faces that may match: the widest and those nearly as wide, in their order.
+
+    A login is for whoever stands at the device. Someone further back (a smaller face) can
+    neither unlock it nor be recognised in their place.
+    """
+    widest = max((width(face) for face in faces), default=0.0)
+    return [face for face in faces if width(face) >= IN_FRONT_SHARE * widest]
 
 
 class Deadline:

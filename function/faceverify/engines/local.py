@@ -22,9 +22,16 @@ import numpy as np
 from PIL import Image
 
 from ..config import Settings
-from ..errors import FaceIdError, config_error, face_too_small, no_face, too_dark
+from ..errors import (
+    FaceIdError,
+    config_error,
+    face_too_small,
+    no_face,
+    reference_unusable,
+    too_dark,
+)
 from ..images import EncodedImage, to_rgb
-from .base import Comparison, Deadline, Face, Reference
+from .base import Comparison, Deadline, Face, Reference, in_front
 
 MODEL_PACKAGE = "face_recognition_models"
 SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
@@ -43,7 +50,7 @@ MAX_RETRY_FACTOR = 4
 #: Detections scoring under this (dlib's HOG margin) are mostly textures, not faces; a real
 #: face that small in the first pass scores higher in the finer second pass.
 MIN_DETECTION_SCORE = 0.3
-#: Only the largest faces of a probe are compared, which bounds the time of a crowded picture.
+#: Only the largest faces in front are compared, which bounds the time of a crowded picture.
 MAX_PROBE_FACES = 4
 
 
@@ -223,14 +230,16 @@ class LocalEngine:
     def probe_descriptors(
         self, image: EncodedImage, field: str = "probe"
     ) -> tuple[np.ndarray, int]:
-        """Descriptors of the usable faces (largest first) and the number of faces seen.
+        """Descriptors of the usable faces in front (largest first) and the number of faces seen.
 
-        Raises too_dark, no_face or face_too_small with a message for the person at the device.
+        Raises too_dark, no_face or face_too_small with a message for the person at the device;
+        a face in front that is too small never gives way to a smaller one behind.
         """
         faces = self._find_faces(image, field, check_light=True)
         if not faces:
             raise no_face()
-        usable = [f for f in faces if f.side >= self.settings.min_face_px]
+        front = in_front(faces, lambda f: f.box[2])
+        usable = [f for f in front if f.side >= self.settings.min_face_px]
         if not usable:
             raise face_too_small()
         return self._describe(image, usable[:MAX_PROBE_FACES], field), len(faces)
@@ -262,7 +271,7 @@ class LocalEngine:
         threshold: float,
         deadline: Deadline,
     ) -> Comparison:
-        probe_vectors, faces_in_probe = self.probe_descriptors(probe)
+        probe_vectors, faces_in_probe = self.probe_descriptors(probe)  # its refusals come first
         best_score, best_id = 0.0, None
         errors: list[FaceIdError] = []
         for i, ref in enumerate(references):
@@ -270,7 +279,7 @@ class LocalEngine:
             try:
                 vector = self.reference_descriptor(ref.image, f"references[{i}].image")
             except FaceIdError as exc:
-                errors.append(exc)
+                errors.append(reference_unusable(ref.id) if exc.code == "no_face" else exc)
                 continue
             score = similarity(probe_vectors, vector)
             if best_id is None or score > best_score:

@@ -19,13 +19,14 @@ from ..errors import (
     config_error,
     no_face,
     rate_limited,
+    reference_unusable,
     too_large,
     upstream_error,
     upstream_timeout,
 )
 from ..images import EncodedImage
 from ..secrets import mxface_key_source
-from .base import Comparison, Deadline, Face, Reference
+from .base import Comparison, Deadline, Face, Reference, in_front
 
 MAX_ATTEMPTS = 4
 BACKOFF_S = 0.2
@@ -195,7 +196,8 @@ class MXFaceEngine:
     def _compare(
         self, probe: EncodedImage, ref: Reference, threshold: float, deadline: Deadline
     ) -> Comparison:
-        """One reference against every face MXFace found in the probe (image 2)."""
+        """One reference against the faces in front in the probe (image 2); `faces_in_probe`
+        counts every face MXFace found there."""
         body = self._post(
             self.settings.mxface_api_url,
             {"encoded_image1": ref.image.b64, "encoded_image2": probe.b64},
@@ -206,18 +208,9 @@ class MXFaceEngine:
             raise _malformed("comparison (no matchedFaces)")
         if not faces:
             raise no_face()
-        best: tuple[bool, float] | None = None
-        for face in faces:
-            score = _finite(face.get("confidence")) if isinstance(face, dict) else None
-            result = face.get("matchResult") if isinstance(face, dict) else None
-            if score is None or isinstance(result, bool) or result not in (0, 1):
-                raise _malformed("comparison")
-            # Both must agree: MXFace's own verdict and our threshold on its score.
-            candidate = (result == 1 and score >= threshold, score)
-            if best is None or candidate > best:
-                best = candidate
-        assert best is not None
-        return Comparison(best[0], ref.id, best[1], len(faces))
+        entries = [_entry(face, threshold) for face in faces]
+        matched, score = max((m, s) for m, s, _ in in_front(entries, lambda e: e[2]))
+        return Comparison(matched, ref.id, score, len(faces))
 
     def verify(
         self,
@@ -242,15 +235,34 @@ class MXFaceEngine:
                 except TimeoutError:
                     outcomes.append(upstream_timeout("The face comparison did not finish in time"))
         results = [o for o in outcomes if isinstance(o, Comparison)]
-        errors = [o for o in outcomes if isinstance(o, FaceIdError)]
         matches = [r for r in results if r.matched]
         if matches:
             return max(matches, key=lambda r: r.score)
-        if errors:
+        if len(results) < len(outcomes):
             # Without a match, any failed comparison could have been the match: fail closed.
-            raise min(errors, key=lambda e: (e.code == "no_face", e.status))
+            raise self._refusal(probe, references, outcomes, deadline)
         best = max(results, key=lambda r: r.score)
         return Comparison(False, None, best.score, best.faces_in_probe)
+
+    def _refusal(
+        self,
+        probe: EncodedImage,
+        references: list[Reference],
+        outcomes: list[Comparison | FaceIdError],
+        deadline: Deadline,
+    ) -> FaceIdError:
+        """The error for comparisons that failed: a failure of the service first; otherwise
+        only "no face" is left, which MXFace says without saying of which image. A pair that
+        compared proves the probe has a face; without one, face/detect on the probe decides."""
+        errors = [o for o in outcomes if isinstance(o, FaceIdError)]
+        failed = [e for e in errors if e.code != "no_face"]
+        if failed:
+            return min(failed, key=lambda e: e.status)
+        if len(errors) == len(outcomes) and not self.inspect(probe, deadline):
+            return no_face()
+        pairs = zip(references, outcomes, strict=True)
+        first = next(ref for ref, outcome in pairs if isinstance(outcome, FaceIdError))
+        return reference_unusable(first.id)
 
     def inspect(self, image: EncodedImage, deadline: Deadline) -> list[Face]:
         """Faces found by MXFace face/detect (request `{"encoded_image": b64}`).
@@ -277,15 +289,36 @@ class MXFaceEngine:
         return [_face(entry) for entry in entries]
 
 
-def _face(entry: Any) -> Face:
-    rect = entry.get("faceRectangle") if isinstance(entry, dict) else None
-    if not isinstance(rect, dict):
-        raise _malformed("detection")
+def _rectangle(value: Any, what: str) -> tuple[int, int, int, int]:
+    """A faceRectangle as (x, y, width, height); anything else is a malformed `what`."""
+    rect = value if isinstance(value, dict) else {}
     box = [_finite(rect.get(k)) for k in ("x", "y", "width", "height")]
-    quality = entry.get("quality")
-    if any(v is None for v in box) or (quality is not None and _finite(quality) is None):
-        raise _malformed("detection")
+    if any(v is None for v in box):
+        raise _malformed(what)
     x, y, w, h = (round(v or 0.0) for v in box)
     if w <= 0 or h <= 0:
+        raise _malformed(what)
+    return x, y, w, h
+
+
+def _entry(face: Any, threshold: float) -> tuple[bool, float, int]:
+    """(matched, score, width of the probe's face) of one matchedFaces entry. The probe is
+    image 2; without its face's rectangle nobody can tell who is in front: malformed."""
+    if not isinstance(face, dict):
+        raise _malformed("comparison")
+    score = _finite(face.get("confidence"))
+    result = face.get("matchResult")
+    if score is None or isinstance(result, bool) or result not in (0, 1):
+        raise _malformed("comparison")
+    probe_face = face.get("image2_face")
+    rect = probe_face.get("faceRectangle") if isinstance(probe_face, dict) else None
+    width = _rectangle(rect, "comparison")[2]
+    # Both must agree: MXFace's own verdict and our threshold on its score.
+    return result == 1 and score >= threshold, score, width
+
+
+def _face(entry: Any) -> Face:
+    quality = entry.get("quality") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or (quality is not None and _finite(quality) is None):
         raise _malformed("detection")
-    return Face((x, y, w, h), _finite(quality))
+    return Face(_rectangle(entry.get("faceRectangle"), "detection"), _finite(quality))

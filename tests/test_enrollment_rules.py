@@ -1,0 +1,235 @@
+"""Enrollment bound to identity, a lockout that holds, and only the person in front unlocks
+(docs/security.md), through the real connector, the real function (local engine) and simulated
+devices: each rule is tried as an attacker would, one device per scenario."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from demo.photos import write_frames
+from demo.stack import SimDevice, Stack, start_stack
+from tests.connector_e2e import (
+    assert_error,
+    enroll,
+    open_sessions,
+    open_store,
+    sim_stats,
+    status,
+    verify,
+    write_jpeg,
+)
+from tests.samples import cut_by_the_bottom_edge, person_in_front
+
+GRACE = "Grace Hopper"
+EILEEN = "Eileen Collins"  # the astronaut, enrolled by an administrator
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("frames")
+    paths = write_frames(folder)
+    paths["stranger_in_front"] = write_jpeg(
+        folder / "stranger_in_front.jpg", person_in_front("astronaut", "grace", 0.35)
+    )
+    paths["cut_by_the_edge"] = write_jpeg(folder / "cut.jpg", cut_by_the_bottom_edge())
+    paths["grace_in_front"] = write_jpeg(
+        folder / "grace_in_front.jpg", person_in_front("grace", "astronaut", 0.35)
+    )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def stack(frames, tmp_path_factory):
+    running = start_stack(
+        tmp_path_factory.mktemp("stack"), images=frames["grace_hopper"], devices=6, in_process=True
+    )
+    try:
+        for device in running.devices:
+            assert enroll(running, device, GRACE)["result"] == "enrolled"
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_device_sessions(stack):
+    yield
+    assert open_sessions(stack.devices) == {}
+
+
+def show(device: SimDevice, frame: Path) -> None:
+    device.control(images=str(frame), black=False)
+
+
+def people(stack: Stack, device: SimDevice) -> dict[str, int]:
+    store = open_store(stack)
+    try:
+        return {p.name: p.references for p in store.people(device.serial)}
+    finally:
+        store.close()
+
+
+def unlock(stack: Stack, device: SimDevice, frames: dict[str, Path]) -> None:
+    show(device, frames["grace_hopper"])
+    answer = verify(stack, device)
+    assert (answer["verdict"], answer["person"]) == ("match", GRACE), answer
+
+
+# -- who may enroll what ------------------------------------------------------------------------
+
+
+def test_another_face_cannot_add_itself_under_the_owners_name_and_ends_the_session(stack, frames):
+    device = stack.devices[0]
+    unlock(stack, device, frames)
+    show(device, frames["astronaut"])  # someone else steps in front of the unlocked screen
+    answer = enroll(stack, device, GRACE)
+    assert (answer["result"], answer["code"]) == ("refused", "not_you")
+    assert answer["message"].startswith("Only the person who unlocked")
+    assert status(stack, device)["unlocked"] is False
+    assert people(stack, device) == {GRACE: 1}
+    show(device, frames["grace_hopper"])
+    answer = enroll(stack, device, GRACE)  # the session is over: even the owner must unlock
+    assert (answer["result"], answer["code"]) == ("refused", "locked")
+
+
+def test_a_new_name_in_an_unlocked_session_needs_an_administrator(stack, frames):
+    device = stack.devices[0]
+    unlock(stack, device, frames)
+    show(device, frames["astronaut"])
+    answer = enroll(stack, device, "Mallory")
+    assert (answer["result"], answer["code"]) == ("refused", "new_person_needs_admin")
+    assert people(stack, device) == {GRACE: 1}
+    stack.call("/v1/lock", device, {"serial": device.serial})
+
+
+def test_the_owner_updates_their_own_photo_even_typed_in_another_case(stack, frames):
+    device = stack.devices[1]
+    unlock(stack, device, frames)
+    answer = enroll(stack, device, "grace HOPPER")
+    assert (answer["result"], answer["person"]) == ("enrolled", GRACE)
+    assert people(stack, device) == {GRACE: 2}
+    stack.call("/v1/lock", device, {"serial": device.serial})
+    answer = enroll(stack, device, GRACE)  # locked again: nobody may enroll
+    assert (answer["result"], answer["code"]) == ("refused", "locked")
+
+
+def test_another_enrolled_persons_name_is_not_you_and_an_admin_adds_people(stack, frames):
+    device = stack.devices[2]
+    code, output = stack.admin(
+        "enroll", "--serial", device.serial, "--person", EILEEN, "--image", str(frames["astronaut"])
+    )
+    assert code == 0, output
+    code, output = stack.admin(
+        "enroll", "--serial", device.serial, "--person", "eileen  collins",
+        "--image", str(frames["astronaut"]),
+    )  # fmt: skip
+    assert code == 1 and "already has that name" in output
+    unlock(stack, device, frames)
+    answer = enroll(stack, device, EILEEN)
+    assert (answer["result"], answer["code"]) == ("refused", "not_you")
+    assert people(stack, device) == {GRACE: 1, EILEEN: 1}
+
+
+def test_a_failed_verify_ends_the_session(stack, frames):
+    device = stack.devices[3]
+    unlock(stack, device, frames)
+    show(device, frames["no_face"])
+    assert_error(verify(stack, device), "no_face")
+    assert status(stack, device)["unlocked"] is False
+    show(device, frames["grace_hopper"])
+    answer = enroll(stack, device, GRACE)
+    assert (answer["result"], answer["code"]) == ("refused", "locked")
+
+
+def test_an_update_in_flight_when_the_screen_locks_is_not_stored(stack, frames):
+    device = stack.devices[3]
+    unlock(stack, device, frames)
+    device.control(slow_s=1.5, slow_on=["snapshot"])
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(enroll, stack, device, GRACE)
+            time.sleep(0.5)  # the connector is waiting for the snapshot
+            locked = stack.call("/v1/lock", device, {"serial": device.serial})
+            assert locked.status_code == 200
+            answer = pending.result(timeout=30)
+    finally:
+        device.control(slow_s=0)
+    assert (answer["result"], answer["code"]) == ("refused", "session_ended")
+    assert people(stack, device) == {GRACE: 1}
+
+
+# -- a lockout that holds ---------------------------------------------------------------------
+
+
+def test_thirty_verifies_at_once_after_four_failures_take_one_snapshot_then_lock_out(stack, frames):
+    device = stack.devices[4]
+    show(device, frames["astronaut"])
+    for _ in range(4):
+        assert verify(stack, device)["code"] == "not_recognized"
+    before = sim_stats(device)["snapshots_served"]
+    barrier = threading.Barrier(30)
+
+    def attempt(_: int) -> dict:
+        barrier.wait()
+        return verify(stack, device)
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(attempt, range(30)))
+    assert sim_stats(device)["snapshots_served"] - before <= 1
+    assert not [a for a in answers if a["verdict"] == "match"]
+    codes = sorted(a["code"] for a in answers)
+    assert set(codes) <= {"not_recognized", "busy", "locked_out"}, codes
+    assert codes.count("not_recognized") <= 1
+    assert_error(verify(stack, device), "locked_out")
+
+
+# -- references that always work ------------------------------------------------------------------
+
+
+def test_a_face_cut_by_the_frame_edge_is_refused_at_enrollment(stack, frames):
+    device = stack.devices[5]
+    code, output = stack.admin(
+        "enroll", "--serial", device.serial, "--person", "Cut Off",
+        "--image", str(frames["cut_by_the_edge"]),
+    )  # fmt: skip
+    assert code == 1 and "refused: This photo would not recognise you" in output
+    assert "Cut Off" not in people(stack, device)
+
+
+def test_a_planted_unusable_reference_counts_every_stranger_towards_the_lockout(stack, frames):
+    device = stack.devices[5]
+    store = open_store(stack)
+    try:  # forced into the store, past enrollment's check: a photo with no face in it
+        store.add_reference(device.serial, "Planted", (frames["no_face"]).read_bytes())
+    finally:
+        store.close()
+    show(device, frames["astronaut"])
+    answers = [verify(stack, device) for _ in range(5)]
+    assert [a["code"] for a in answers] == ["reference_unusable"] * 5
+    assert answers[-1]["retry_after_s"] == 30
+    assert_error(verify(stack, device), "locked_out")
+    log = stack.connector.stdout()
+    assert '"person": "Planted"' in log or '"person":"Planted"' in log
+
+
+# -- only the person in front ---------------------------------------------------------------------
+
+
+def test_a_stranger_in_front_of_the_enrolled_person_is_not_let_in(stack, frames):
+    device = stack.devices[1]
+    show(device, frames["stranger_in_front"])
+    answer = verify(stack, device)
+    assert (answer["verdict"], answer["code"]) == ("no_match", "not_recognized")
+
+
+def test_the_enrolled_person_in_front_of_a_stranger_is_let_in(stack, frames):
+    device = stack.devices[1]
+    show(device, frames["grace_in_front"])
+    answer = verify(stack, device)
+    assert (answer["verdict"], answer["person"]) == ("match", GRACE)
+    stack.call("/v1/lock", device, {"serial": device.serial})
