@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: test demo demo-up demo-down lint typecheck pytest macro-test bench clean
+.PHONY: test demo demo-up demo-down lint typecheck pytest macro-test bench clean system-packages
+# Debian packages the connector runs with (HAProxy, its front); as root, or through sudo.
+SYSTEM_PACKAGES := haproxy
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements.txt function/requirements.txt connector/requirements.txt pyproject.toml
 	@echo "Setting up $(VENV) (first run downloads the Python packages) ..."
@@ -27,6 +30,12 @@ $(INFRA_STAMP): requirements-infra.txt
 
 test: $(STAMP) $(INFRA_STAMP) lint typecheck macro-test pytest
 
+system-packages:
+	@command -v haproxy >/dev/null || { \
+	  echo "Installing $(SYSTEM_PACKAGES) from Debian's packages (the connector's front) ..."; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -34,16 +43,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-macro-test:
+macro-test: system-packages
 	cd macro && node --test
 
-pytest: $(STAMP) $(INFRA_STAMP)
+pytest: $(STAMP) $(INFRA_STAMP) system-packages
 	INFRA_BIN=$(CURDIR)/$(INFRA_VENV)/bin $(VENV)/bin/pytest
 
-demo: $(STAMP)
+demo: $(STAMP) system-packages
 	$(PY) -m demo
 
-demo-up: $(STAMP)
+demo-up: $(STAMP) system-packages
 	$(PY) -m demo up
 
 demo-down: $(STAMP)

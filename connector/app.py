@@ -44,7 +44,11 @@ def create_app(rt: Runtime) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = rt.config.server.max_body_bytes + 1
 
     def source() -> str:
-        return request.remote_addr or "unknown"
+        """The client's address. Over the private UNIX socket, where only the front (front.py)
+        can connect, it is the X-Forwarded-For that the front sets, never the client's own."""
+        if request.remote_addr:
+            return request.remote_addr
+        return request.headers.get("X-Forwarded-For") or "unknown"
 
     def raw_body() -> bytes:
         """The exact bytes the signature covers, at most max_body_bytes (413 beyond)."""

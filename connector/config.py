@@ -1,5 +1,6 @@
 """The connector's one TOML file, parsed into frozen dataclasses and checked field by field, so a
-typo stops start-up with a message naming the field. Secrets stay references until resolved.
+typo stops start-up with one message naming every bad field. Secrets stay references until
+resolved.
 
 Relative paths (store.path, TLS files, credentials_file, `file:` references) are relative to the
 directory of the configuration file. Unknown keys and sections are refused.
@@ -11,6 +12,9 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `server.tls_cert`, `server.tls_key` | none | PEM certificate and key; both or neither (HTTPS) |
 | `server.threads` | `16` | request threads (also the size of the connection pools) |
 | `server.max_body_bytes` | `65536` | largest request body accepted from a macro |
+| `server.request_timeout_s` | `10` | a request's headers and body must arrive within this |
+| `server.keepalive_timeout_s` | `5` | an idle kept-alive connection is closed after this |
+| `server.max_connections_per_address` | `64` | connections one client address may hold open |
 | `function.url` | required | the comparison function's URL (https; http only on loopback) |
 | `function.auth` | `"google-id-token"` | `"google-id-token"` or `"none"` |
 | `function.audience` | `function.url` | audience of the Google ID token |
@@ -19,7 +23,7 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `function.timeout_s` | `10` | time allowed for one call to the function |
 | `store.path` | required | the SQLite database, e.g. `/var/lib/faceid/faceid.db` |
 | `store.key` | required | secret reference to 32 bytes (64 hex characters or base64) |
-| `policy.threshold` | none | match threshold sent to the function; none = its default |
+| `policy.threshold` | none | match threshold sent to the function, above 0; none = its default |
 | `policy.max_failures` | `5` | consecutive failed verifications before a lockout |
 | `policy.lockout_base_s` | `30` | first lockout; doubles on each further failure |
 | `policy.lockout_max_s` | `900` | longest lockout |
@@ -32,6 +36,7 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `policy.failed_auth_window_s` | `60` | window counting them; the refusal lasts as long |
 | `device_defaults.connect_timeout_s` | `3` | connecting to a device |
 | `device_defaults.read_timeout_s` | `6` | waiting for a device's answer |
+| `device_defaults.budget_s` | `6` | deadline for sign-in + snapshot; the sign-out gets 2 s more |
 | `device_defaults.username` | none | account used on devices that set none |
 | `device_defaults.password` | none | secret reference, for devices that set none |
 | `devices[].serial` | required | the device serial number, `[A-Za-z0-9_-]{1,64}` |
@@ -56,15 +61,17 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
 import stat
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from faceverify.errors import FaceIdError, config_error
@@ -96,6 +103,9 @@ class ServerConfig:
     tls_key: str | None = None
     threads: int = 16
     max_body_bytes: int = 65536
+    request_timeout_s: int = 10
+    keepalive_timeout_s: int = 5
+    max_connections_per_address: int = 64
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,7 @@ class PolicyConfig:
 class DeviceDefaults:
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 6.0
+    budget_s: float = 6.0  # with the sign-out's 2 s and function.timeout_s: a verify's bound
     username: str | None = None
     password: str | None = None  # secret reference
 
@@ -219,16 +230,40 @@ class _Bad(Exception):
 
 
 _REQUIRED: Any = object()
+_Getter = TypeVar("_Getter", bound=Callable[..., Any])
+
+
+def _noted(getter: _Getter) -> _Getter:
+    """A getter whose bad field is noted instead of raised: the field reads as its default (None
+    when required) and parsing goes on, so that one message names every problem of the file."""
+
+    @functools.wraps(getter)
+    def read(table: _Table, key: str, default: Any = _REQUIRED, *args: Any, **kw: Any) -> Any:
+        try:
+            return getter(table, key, default, *args, **kw)
+        except _Bad as exc:
+            table.problem(str(exc))
+            return None if default is _REQUIRED else default
+
+    return cast(_Getter, read)
 
 
 class _Table:
-    """One TOML table being read: getters that name the field; done() refuses unknown keys."""
+    """One TOML table being read: getters that name the field; done() refuses unknown keys.
+    Problems are noted in `problems`, shared by the whole file; one that makes the rest of the
+    table meaningless (not a table, a required section missing) silences the table's others."""
 
-    def __init__(self, data: object, where: str, base_dir: Path) -> None:
+    def __init__(self, data: object, where: str, base_dir: Path, problems: list[str]) -> None:
+        self.problems = problems
         if not isinstance(data, dict):
-            raise _Bad(f"{where} must be a table")
+            self.problem(f"{where} must be a table")
+            data, self.problems = {}, []
         self.data, self.where, self.base_dir = data, where, base_dir
         self.seen: set[str] = set()
+
+    def problem(self, message: str) -> None:
+        if message not in self.problems:
+            self.problems.append(message)
 
     def _get(self, key: str, default: Any) -> Any:
         self.seen.add(key)
@@ -241,6 +276,7 @@ class _Table:
     def field(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
+    @_noted
     def string(
         self, key: str, default: Any = _REQUIRED, pattern: re.Pattern[str] | None = None
     ) -> Any:
@@ -253,12 +289,14 @@ class _Table:
             raise _Bad(f"{self.field(key)} has an invalid value {value!r}")
         return value
 
+    @_noted
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise _Bad(f"{self.field(key)} must be a whole number from {low} to {high}")
         return value
 
+    @_noted
     def number(self, key: str, default: Any, low: float, high: float) -> Any:
         value = self._get(key, default)
         if value is None and default is None:
@@ -271,12 +309,14 @@ class _Table:
             raise _Bad(f"{self.field(key)} must be a number from {low:g} to {high:g}")
         return float(value)
 
+    @_noted
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
             raise _Bad(f"{self.field(key)} must be true or false")
         return value
 
+    @_noted
     def choice(self, key: str, default: str, choices: tuple[str, ...], upper: bool = False) -> str:
         value = self._get(key, default)
         if isinstance(value, str) and upper:
@@ -285,6 +325,7 @@ class _Table:
             raise _Bad(f"{self.field(key)} must be one of {', '.join(map(repr, choices))}")
         return str(value)
 
+    @_noted
     def path(self, key: str, default: Any = _REQUIRED, must_exist: bool = True) -> Any:
         value = self.string(key, default)
         if value is None:
@@ -294,6 +335,7 @@ class _Table:
             raise _Bad(f"{self.field(key)}: file {full} does not exist")
         return str(full)
 
+    @_noted
     def ref(self, key: str, default: Any = _REQUIRED) -> Any:
         value = self._get(key, default)
         if value is None and default is None:
@@ -308,36 +350,42 @@ class _Table:
 
     def table(self, key: str) -> _Table | None:
         value = self._get(key, None)
-        return None if value is None else _Table(value, self.field(key), self.base_dir)
+        if value is None:
+            return None
+        return _Table(value, self.field(key), self.base_dir, self.problems)
 
     def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise _Bad(f"{self.where}: unknown key {unknown[0]!r}")
+        for unknown in sorted(set(self.data) - self.seen):
+            self.problem(f"{self.where}: unknown key {unknown!r}")
 
 
 def _server(t: _Table) -> ServerConfig:
     cert, key = t.path("tls_cert", None), t.path("tls_key", None)
-    if (cert is None) != (key is None):
-        raise _Bad("server: set both tls_cert and tls_key, or neither")
+    if ("tls_cert" in t.data) != ("tls_key" in t.data):
+        t.problem("server: set both tls_cert and tls_key, or neither")
     config = ServerConfig(
         host=t.string("host", "127.0.0.1"),
         port=t.integer("port", 8443, 1, 65535),
         tls_cert=cert,
         tls_key=key,
         threads=t.integer("threads", 16, 1, 256),
-        max_body_bytes=t.integer("max_body_bytes", 65536, 1024, 16 * 1024 * 1024),
+        max_body_bytes=t.integer("max_body_bytes", 65536, 1024, 64 * 1024),
+        request_timeout_s=t.integer("request_timeout_s", 10, 1, 60),
+        keepalive_timeout_s=t.integer("keepalive_timeout_s", 5, 1, 60),
+        max_connections_per_address=t.integer("max_connections_per_address", 64, 1, 4096),
     )
     t.done()
     return config
 
 
-def _https_url(t: _Table, key: str, default: Any = _REQUIRED) -> str:
+def _https_url(t: _Table, key: str, default: Any = _REQUIRED) -> Any:
     url = t.string(key, default)
+    if url is None:  # missing or not a string: already noted
+        return None
     parts = urlsplit(url)
     loopback = parts.hostname in LOOPBACK_HOSTS
     if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-        raise _Bad(f"{t.field(key)} must be an https:// URL (http:// only for 127.0.0.1/localhost)")
+        t.problem(f"{t.field(key)} must be an https:// URL (http:// only for 127.0.0.1/localhost)")
     return str(url)
 
 
@@ -351,9 +399,9 @@ def _function(t: _Table) -> FunctionConfig:
         ("impersonate_service_account", impersonate),
     ):
         if auth == "none" and value is not None:
-            raise _Bad(f'{t.field(key)} is set but function.auth is "none"')
+            t.problem(f'{t.field(key)} is set but function.auth is "none"')
     if impersonate is not None and not SERVICE_ACCOUNT_RE.match(impersonate):
-        raise _Bad(
+        t.problem(
             f"{t.field('impersonate_service_account')} must be a service-account email, "
             "e.g. faceid-connector@PROJECT.iam.gserviceaccount.com"
         )
@@ -375,9 +423,24 @@ def _store(t: _Table) -> StoreConfig:
     return config
 
 
+def _threshold(t: _Table) -> float | None:
+    """0 (or less) would have the function accept any face. The connector cannot know the
+    function's engine, so its floor (0.4 or 60) is the function's to enforce: it answers 400,
+    which fails every login closed as config_error (relay.py) until the file is fixed."""
+    value = t.data.get("threshold")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+        t.seen.add("threshold")
+        t.problem(
+            "policy.threshold must be above 0 (0 would accept anyone), or left out to use the "
+            "function's default"
+        )
+        return None
+    return t.number("threshold", None, 0.0, 100.0)
+
+
 def _policy(t: _Table) -> PolicyConfig:
     config = PolicyConfig(
-        threshold=t.number("threshold", None, 0.0, 100.0),
+        threshold=_threshold(t),
         max_failures=t.integer("max_failures", 5, 1, 100),
         lockout_base_s=t.integer("lockout_base_s", 30, 1, 86400),
         lockout_max_s=t.integer("lockout_max_s", 900, 1, 7 * 86400),
@@ -390,7 +453,7 @@ def _policy(t: _Table) -> PolicyConfig:
         failed_auth_window_s=t.integer("failed_auth_window_s", 60, 1, 86400),
     )
     if config.lockout_max_s < config.lockout_base_s:
-        raise _Bad("policy.lockout_max_s must not be less than policy.lockout_base_s")
+        t.problem("policy.lockout_max_s must not be less than policy.lockout_base_s")
     t.done()
     return config
 
@@ -404,6 +467,7 @@ def _device_defaults(t: _Table) -> DeviceDefaults:
     config = DeviceDefaults(
         connect_timeout_s=t.number("connect_timeout_s", 3.0, 0.1, 60.0),
         read_timeout_s=t.number("read_timeout_s", 6.0, 0.1, 120.0),
+        budget_s=t.number("budget_s", 6.0, 1.0, 60.0),
         username=t.string("username", None, USERNAME_RE),
         password=t.ref("password", None),
     )
@@ -418,19 +482,23 @@ def _fingerprint(t: _Table, key: str) -> str | None:
     try:
         return normalize_fingerprint(value)
     except FaceIdError:
-        raise _Bad(f"{t.field(key)} must be 64 hex characters (colons allowed)") from None
+        t.problem(f"{t.field(key)} must be 64 hex characters (colons allowed)")
+        return None
 
 
-def _tls(t: _Table | None, where: str) -> TlsPolicy:
+def _tls(t: _Table | None, where: str, problems: list[str]) -> TlsPolicy:
     one_of = f"{where}: set exactly one of ca_bundle, fingerprint_sha256, insecure = true"
     if t is None:
-        raise _Bad(one_of)
+        problems.append(one_of)
+        return TlsPolicy()
     ca_bundle = t.path("ca_bundle", None)
     fingerprint = _fingerprint(t, "fingerprint_sha256")
     insecure = t.boolean("insecure", False)
     t.done()
-    if sum((ca_bundle is not None, fingerprint is not None, insecure)) != 1:
-        raise _Bad(one_of)
+    # Counted as written: a bad bundle or pin is its own problem, not also "none chosen".
+    if sum(("ca_bundle" in t.data, "fingerprint_sha256" in t.data, insecure is True)) != 1:
+        t.problem(one_of)
+        return TlsPolicy()
     return TlsPolicy(ca_bundle=ca_bundle, fingerprint_sha256=fingerprint, insecure=insecure)
 
 
@@ -438,12 +506,12 @@ def _device(t: _Table, defaults: DeviceDefaults) -> DeviceConfig:
     serial = t.string("serial", pattern=SERIAL_RE)
     username = t.string("username", defaults.username, USERNAME_RE)
     password = t.ref("password", defaults.password)
-    if username is None:
-        raise _Bad(f"{t.field('username')} is required (here or in [device_defaults])")
-    if password is None:
-        raise _Bad(f"{t.field('password')} is required (here or in [device_defaults])")
+    for key, value in (("username", username), ("password", password)):
+        if value is None and key not in t.data:  # one written but bad is noted already
+            t.problem(f"{t.field(key)} is required (here or in [device_defaults])")
     if "token_sha256" in t.data:
-        raise _Bad(
+        t.seen.add("token_sha256")
+        t.problem(
             f"{t.field('token_sha256')} is no longer used: device keys live in the store. Remove "
             "the line, then run `admin rotate-key --serial SERIAL` and put the key in the macro"
         )
@@ -452,7 +520,7 @@ def _device(t: _Table, defaults: DeviceDefaults) -> DeviceConfig:
         host=t.string("host", pattern=HOST_RE),
         username=username,
         password=password,
-        tls=_tls(t.table("tls"), t.field("tls")),
+        tls=_tls(t.table("tls"), t.field("tls"), t.problems),
         name=t.string("name", None, NAME_RE),
         webex_room_id=t.string("webex_room_id", None, ROOM_ID_RE),
     )
@@ -460,15 +528,19 @@ def _device(t: _Table, defaults: DeviceDefaults) -> DeviceConfig:
     return config
 
 
-def _devices(value: object, defaults: DeviceDefaults, base_dir: Path) -> tuple[DeviceConfig, ...]:
+def _devices(root: _Table, defaults: DeviceDefaults) -> tuple[DeviceConfig, ...]:
+    value = root._get("devices", [])
     if not isinstance(value, list):
-        raise _Bad("devices must be an array of tables: write each device as [[devices]]")
+        root.problem("devices must be an array of tables: write each device as [[devices]]")
+        return ()
     devices: list[DeviceConfig] = []
     for i, item in enumerate(value):
-        device = _device(_Table(item, f"devices[{i}]", base_dir), defaults)
+        device = _device(_Table(item, f"devices[{i}]", root.base_dir, root.problems), defaults)
         for j, other in enumerate(devices):
-            if other.serial == device.serial:
-                raise _Bad(f"devices[{i}].serial {device.serial!r} is already used by devices[{j}]")
+            if device.serial is not None and other.serial == device.serial:
+                root.problem(
+                    f"devices[{i}].serial {device.serial!r} is already used by devices[{j}]"
+                )
         devices.append(device)
     return tuple(devices)
 
@@ -498,11 +570,14 @@ def _parse(text: str, path: str) -> ConnectorConfig:
     except tomllib.TOMLDecodeError as exc:
         raise _Bad(f"not valid TOML: {exc}") from None
     base_dir = Path(path).resolve().parent
-    root = _Table(data, "", base_dir)
+    root = _Table(data, "", base_dir, [])
 
     def section(name: str, required: bool = False) -> _Table:
-        value = root._get(name, _REQUIRED if required else {})
-        return _Table(value, name, base_dir)
+        if required and name not in data:
+            root.seen.add(name)
+            root.problem(f"{name} is required")
+            return _Table({}, name, base_dir, [])  # its own missing fields go unsaid
+        return _Table(root._get(name, {}), name, base_dir, root.problems)
 
     defaults = _device_defaults(section("device_defaults"))
     webex = root.table("webex")
@@ -513,17 +588,21 @@ def _parse(text: str, path: str) -> ConnectorConfig:
         store=_store(section("store", required=True)),
         policy=_policy(section("policy")),
         device_defaults=defaults,
-        devices=_devices(root._get("devices", []), defaults, base_dir),
+        devices=_devices(root, defaults),
         webex=None if webex is None else _webex(webex),
         log=_log(section("log")),
     )
-    unknown = sorted(set(data) - root.seen)
-    if unknown:
-        raise _Bad(f"unknown section [{unknown[0]}]")
+    for unknown in sorted(set(data) - root.seen):
+        root.problem(f"unknown section [{unknown}]")
     if webex is None:
         for i, device in enumerate(config.devices):
             if device.webex_room_id is not None:
-                raise _Bad(f"devices[{i}].webex_room_id is set but there is no [webex] section")
+                root.problem(f"devices[{i}].webex_room_id is set but there is no [webex] section")
+    problems = root.problems
+    if len(problems) > 1:
+        raise _Bad(f"{len(problems)} problems: " + "; ".join(problems))
+    if problems:
+        raise _Bad(problems[0])
     return config
 
 

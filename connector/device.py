@@ -1,14 +1,32 @@
 """Camera snapshots from a RoomOS device's web API: one sign-in, one snapshot, always a sign-out.
 
 Why it is shaped this way (REFERENCE §1):
-- Device web sessions never expire and are capped (30 in total, 20 per user), so the sign-out
-  runs in a `finally` with its own time budget, also after a failed or timed-out snapshot.
+- Device web sessions never expire and are capped (30 in total, 20 per user), so every session
+  the device hands out is signed out, in a `finally` with its own time budget: after a failed or
+  timed-out snapshot, and whatever the sign-in's status was (a 500 or a 401 may still set a
+  cookie). The cookies are read from the sign-in answer's own Set-Cookie headers, not from a
+  cookie jar whose policy (domain, path) could refuse them.
+- A crash must not lose a session either: given a ledger (the store), a client writes each
+  session down the moment its sign-in's headers arrive, before anything uses it, and strikes it
+  off once the device has signed it out; a session left on the ledger is signed out at the next
+  start (`sign_out_session`, from Runtime.sign_out_leftovers). A session whose sign-in answer
+  never arrived in time stays unknown to us: nobody can sign it out but a device restart.
 - Five bad logins lock the account, so a call makes exactly one sign-in attempt and never
   retries (no urllib3 retries, no redirects followed).
-- The session cookie's name differs by release: it is read from the sign-in answer's parsed
-  cookies (SessionId / SecureSessionId preferred, else whatever the sign-in set) and sent back
-  explicitly per request; the pooled requests.Session refuses to store cookies, so concurrent
-  calls to one device never share a session.
+- The session cookie's name differs by release: SessionId / SecureSessionId are preferred, else
+  whatever the sign-in set, sent back explicitly per request; the pooled requests.Session
+  refuses to store cookies, so concurrent calls to one device never share a session.
+- Deadlines are enforced, not hoped for. requests' read timeout bounds each socket read, so a
+  device trickling a byte at a time (status line, headers or body) or never ending its body
+  would hold a call for ever. Each request therefore runs under a watch (`_Watch`): the pool's
+  connections put their socket under the calling thread's watch (a new one as soon as its TCP
+  connection exists, so the TLS handshake is covered; a pooled one before the answer's headers
+  are read), and a timer shuts that socket down when the deadline passes. Whatever read is
+  blocked then returns at once, and the call fails as "did not answer in time" even if what
+  arrived looks complete. Bodies are read in chunks up to a size limit; a bigger one is dropped
+  with its connection. Not covered by the watch: name resolution (devices are addressed by IP in
+  practice) and the TCP connect itself, which the connect timeout (capped by the time left)
+  bounds.
 - What a device answers when its session cap is hit is unknown: a 503 on sign-in is reported
   as "too many open web sessions" (device_unreachable). A 401 or 403 is device_auth_failed.
 - Every failure is a FaceIdError (502) with code device_unreachable, device_auth_failed,
@@ -19,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import http.client
 import io
 import json
@@ -26,14 +45,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from http import cookiejar
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.response
 from faceverify.errors import FaceIdError, config_error
 from faceverify.images import JPEG_MAGIC
 from faceverify.logs import log
@@ -83,12 +106,14 @@ class TlsPolicy:
 
 @dataclass(frozen=True)
 class DeviceAccess:
-    """How to reach one device. `host` is "host" or "host:port" ("[v6]:port"); always HTTPS."""
+    """How to reach one device. `host` is "host" or "host:port" ("[v6]:port"); always HTTPS.
+    `serial` names the device on the session ledger (without it, nothing is written down)."""
 
     host: str
     username: str
     password: str = field(repr=False)
     tls: TlsPolicy = field(default_factory=TlsPolicy)
+    serial: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -123,6 +148,43 @@ class Snapshot:
     signout_ms: float
 
 
+@dataclass(frozen=True)
+class SignOut:
+    """How one sign-out went: the device's HTTP status (None: no answer in time) and, when it
+    failed, why (never the session id)."""
+
+    status: int | None
+    reason: str | None
+
+    @property
+    def gone(self) -> bool:
+        """The device holds the session no more: signed out, or it does not know it (401/403,
+        e.g. it restarted or an earlier sign-out did land)."""
+        return self.reason is None or self.status in (401, 403)
+
+
+class SessionLedger(Protocol):
+    """Where open device sessions are written down before use (the store implements it)."""
+
+    def record_device_session(self, serial: str, cookies: Mapping[str, str]) -> int: ...
+
+    def forget_device_session(self, entry: int) -> None: ...
+
+
+@dataclass
+class _Held:
+    """One device session, from its sign-in's headers until its sign-out."""
+
+    cookies: dict[str, str] = field(default_factory=dict, repr=False)
+    entry: int | None = None  # its row on the ledger
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes | None = field(repr=False)  # None: over the size limit
+
+
 def device_error(code: str, message: str) -> FaceIdError:
     return FaceIdError(502, code, message)
 
@@ -134,13 +196,104 @@ class _NoStoredCookies(cookiejar.DefaultCookiePolicy):
         return False
 
 
+_WATCH: ContextVar[_Watch | None] = ContextVar("device_request_watch", default=None)
+
+
+class _Watch:
+    """One request's deadline, enforced: when it passes, every socket the request uses is shut
+    down, so a blocked read returns at once however slowly the device sends (module docstring).
+    While entered, it is the calling thread's watch, which the pool's connections join."""
+
+    def __init__(self, deadline: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._owned: list[socket.socket] = []  # duplicates made for the watch: closed with it
+        self._expired = self._stopped = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._token: Token[_Watch | None] | None = None
+
+    def __enter__(self) -> _Watch:
+        self._token = _WATCH.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._token is not None:
+            _WATCH.reset(self._token)
+        for sock in self._owned:
+            sock.close()
+
+    def add(self, sock: socket.socket, *, owned: bool = False) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if owned:
+                self._owned.append(sock)
+            if self._expired:
+                _shut(sock)
+
+    def stop(self) -> bool:
+        """Disarm; True when the deadline passed first (what arrived may then be cut short)."""
+        self._timer.cancel()
+        with self._lock:
+            self._stopped = True
+            return self._expired
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown: SSLSocket.shutdown would also drop its TLS state under the
+    # feet of the thread reading from it.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    """Puts its socket under the calling thread's watch: a new one as soon as it is connected
+    (a duplicate: the TLS wrapper takes the original over), a pooled one before the answer's
+    headers are read."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        watch = _WATCH.get()
+        if watch is not None:
+            watch.add(sock.dup(), owned=True)
+        return sock
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+        watch = _WATCH.get()
+        if watch is not None and self.sock is not None:
+            watch.add(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _watched(adapter: HTTPAdapter) -> HTTPAdapter:
+    """The adapter's HTTPS connections enforce the deadline of the request using them."""
+    manager = adapter.poolmanager
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _WatchedHTTPSPool}
+    return adapter
+
+
 class DeviceClient:
     """Thread-safe. One pooled requests.Session per (host, TLS policy); no shared cookies.
 
-    Time bounds: sign-in and snapshot together get `budget_s` (each request's connect and read
-    timeouts are also capped by what is left, and the budget is checked between body reads);
-    the sign-out then gets `signout_budget_s` of its own. Worst case ≈ budget_s +
-    signout_budget_s + one read timeout of overshoot on a trickling answer.
+    Time bounds: sign-in and snapshot together get `budget_s`, enforced whatever the device
+    sends (module docstring); the sign-out then gets `signout_budget_s` of its own. A snapshot
+    call ends within budget_s + signout_budget_s (plus a few milliseconds of scheduling).
+    `ledger` records every session while it is open; `on_signout_failure` is called once per
+    failed sign-out (the metrics count them).
     """
 
     def __init__(
@@ -150,11 +303,15 @@ class DeviceClient:
         *,
         budget_s: float = 10.0,
         signout_budget_s: float = 3.0,
+        ledger: SessionLedger | None = None,
+        on_signout_failure: Callable[[], None] | None = None,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.budget_s = budget_s
         self.signout_budget_s = signout_budget_s
+        self.ledger = ledger
+        self.on_signout_failure = on_signout_failure
         self._sessions: dict[tuple[str, TlsPolicy], requests.Session] = {}
         self._lock = threading.Lock()
         self._open_sessions = 0
@@ -173,18 +330,15 @@ class DeviceClient:
     def snapshot(self, access: DeviceAccess) -> Snapshot:
         session = self._session_for(access)
         deadline = time.monotonic() + self.budget_s
-        started = time.perf_counter()
-        cookies = self._sign_in(session, access, deadline)
-        signed_in = time.perf_counter()
-        self._count_open(+1)
+        held = _Held()
+        started = signed_in = time.perf_counter()
         try:
-            jpeg = self._fetch_snapshot(session, access, cookies, deadline)
+            self._sign_in(session, access, deadline, held)
+            signed_in = time.perf_counter()
+            jpeg = self._fetch_snapshot(session, access, held.cookies, deadline)
         finally:
             snapped = time.perf_counter()
-            try:
-                self._sign_out(session, access, cookies)
-            finally:
-                self._count_open(-1)
+            self._release(session, access, held)
         signed_out = time.perf_counter()
         return Snapshot(
             jpeg=jpeg,
@@ -223,6 +377,14 @@ class DeviceClient:
             "height": height,
         }
 
+    def sign_out_session(self, access: DeviceAccess, cookies: Mapping[str, str]) -> SignOut:
+        """Sign out a session this client did not open (one a crash left on the ledger), within
+        the sign-out budget. Never raises; a session not `gone` counts as a failed sign-out."""
+        result = self._sign_out(self._session_for(access), access, dict(cookies))
+        if not result.gone:
+            self._count_failed_signout()
+        return result
+
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
@@ -232,16 +394,23 @@ class DeviceClient:
     # -- the three calls ------------------------------------------------------------------
 
     def _sign_in(
-        self, session: requests.Session, access: DeviceAccess, deadline: float
-    ) -> dict[str, str]:
+        self, session: requests.Session, access: DeviceAccess, deadline: float, held: _Held
+    ) -> None:
+        """Fills `held` as soon as the answer's headers are in, whatever follows: the caller
+        signs out whatever it holds."""
         form = {"username": access.username, "password": access.password}
-        with self._request(
-            session, access, "sign-in", "POST", SIGNIN_PATH, deadline, data=form
-        ) as response:
-            self._read(response, MAX_SMALL_ANSWER_BYTES, deadline, access, "sign-in")
-            status = response.status_code
-            cookies = _session_cookies(response.cookies)
-        host = access.host
+        answer = self._call(
+            session,
+            access,
+            "sign-in",
+            "POST",
+            SIGNIN_PATH,
+            deadline,
+            MAX_SMALL_ANSWER_BYTES,
+            on_headers=lambda response: self._hold(access, held, response),
+            data=form,
+        )
+        status, host = answer.status, access.host
         if status in (401, 403):
             raise device_error(
                 "device_auth_failed",
@@ -260,13 +429,29 @@ class DeviceClient:
                 f"The device at {host} answered the sign-in with HTTP {status}: is its web "
                 "interface enabled?",
             )
-        if not cookies:
+        if answer.body is None:
+            raise device_error(
+                "device_unreachable",
+                f"The device at {host} answered the sign-in with more than 64 KiB: is it a "
+                "RoomOS device?",
+            )
+        if not held.cookies:
             raise device_error(
                 "device_auth_failed",
                 f"The device at {host} answered the sign-in (HTTP {status}) without a session "
                 "cookie",
             )
-        return cookies
+
+    def _hold(self, access: DeviceAccess, held: _Held, response: requests.Response) -> None:
+        """Right after the sign-in's headers: take the session cookies it set (whatever its
+        status) and write them down before anything uses them."""
+        cookies = _session_cookies(response.raw.headers.getlist("Set-Cookie"))
+        if not cookies:
+            return
+        held.cookies = cookies
+        self._count_open(+1)
+        if self.ledger is not None and access.serial is not None:
+            held.entry = self.ledger.record_device_session(access.serial, cookies)
 
     def _fetch_snapshot(
         self,
@@ -276,11 +461,17 @@ class DeviceClient:
         deadline: float,
     ) -> bytes:
         host = access.host
-        with self._request(
-            session, access, "snapshot", "GET", SNAPSHOT_PATH, deadline, cookies=cookies
-        ) as response:
-            body = self._read(response, MAX_SNAPSHOT_BYTES, deadline, access, "snapshot")
-            status = response.status_code
+        answer = self._call(
+            session,
+            access,
+            "snapshot",
+            "GET",
+            SNAPSHOT_PATH,
+            deadline,
+            MAX_SNAPSHOT_BYTES,
+            cookies=cookies,
+        )
+        status, body = answer.status, answer.body
         if status != 200:
             raise _unavailable(
                 f"The device at {host} refused the snapshot (HTTP {status}): is the Remote "
@@ -308,31 +499,68 @@ class DeviceClient:
             raise _unavailable(f"The snapshot from {host} is not a JPEG image")
         return jpeg
 
+    def _release(self, session: requests.Session, access: DeviceAccess, held: _Held) -> None:
+        """Sign out whatever session the sign-in opened; strike it off the ledger once the
+        device has signed it out (else it stays there for the next start). Never raises for
+        the device: a failed sign-out is logged and counted, the caller's outcome stands."""
+        if not held.cookies:
+            return
+        try:
+            result = self._sign_out(session, access, held.cookies)
+            if result.reason is not None:
+                self._count_failed_signout()
+                log(
+                    "WARNING",
+                    "Device sign-out failed; the web session may stay open on the device "
+                    "(signed out at the next start if the device answers then)",
+                    host=access.host,
+                    reason=result.reason,
+                )
+            elif held.entry is not None and self.ledger is not None:
+                self._forget(access, held.entry)
+        finally:
+            self._count_open(-1)
+
     def _sign_out(
         self, session: requests.Session, access: DeviceAccess, cookies: dict[str, str]
-    ) -> None:
-        """Never raises: a failed sign-out is logged and counted, the caller's outcome stands."""
+    ) -> SignOut:
         deadline = time.monotonic() + self.signout_budget_s
         try:
-            with self._request(
-                session, access, "sign-out", "GET", SIGNOUT_PATH, deadline, cookies=cookies
-            ) as response:
-                self._read(response, MAX_SMALL_ANSWER_BYTES, deadline, access, "sign-out")
-                status = response.status_code
-            reason = None if 200 <= status < 400 else f"HTTP {status}"
+            status = self._call(
+                session,
+                access,
+                "sign-out",
+                "GET",
+                SIGNOUT_PATH,
+                deadline,
+                MAX_SMALL_ANSWER_BYTES,
+                cookies=cookies,
+            ).status
         except FaceIdError as exc:
-            reason = exc.message
+            return SignOut(None, exc.message)
         except Exception as exc:
-            reason = type(exc).__name__
-        if reason is not None:
-            with self._lock:
-                self._failed_signouts += 1
+            return SignOut(None, type(exc).__name__)
+        return SignOut(status, None if 200 <= status < 400 else f"HTTP {status}")
+
+    def _forget(self, access: DeviceAccess, entry: int) -> None:
+        """A store that fails here leaves the row: the next start signs it out once more (the
+        device then answers 401, and the row goes)."""
+        assert self.ledger is not None
+        try:
+            self.ledger.forget_device_session(entry)
+        except FaceIdError as exc:
             log(
                 "WARNING",
-                "Device sign-out failed; the web session may stay open on the device",
+                "A signed-out device session stays recorded in the store",
                 host=access.host,
-                reason=reason,
+                reason=exc.message,
             )
+
+    def _count_failed_signout(self) -> None:
+        with self._lock:
+            self._failed_signouts += 1
+        if self.on_signout_failure is not None:
+            self.on_signout_failure()
 
     # -- transport ------------------------------------------------------------------------
 
@@ -344,7 +572,7 @@ class DeviceClient:
                 session = self._sessions[key] = _new_session(access)
         return session
 
-    def _request(
+    def _call(
         self,
         session: requests.Session,
         access: DeviceAccess,
@@ -352,44 +580,40 @@ class DeviceClient:
         method: str,
         path: str,
         deadline: float,
+        limit: int,
+        *,
+        on_headers: Callable[[requests.Response], None] | None = None,
         **kwargs: Any,
-    ) -> requests.Response:
+    ) -> _Answer:
+        """One request and its whole answer by `deadline`, enforced by a watch (module
+        docstring). `on_headers` sees the response as soon as its headers are in. The body is
+        read in chunks; over `limit`, reading stops and the connection is dropped."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise _timed_out(access.host, step)
         timeout = (min(self.connect_timeout_s, left), min(self.read_timeout_s, left))
-        try:
-            return session.request(
-                method,
-                f"https://{access.host}{path}",
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-                **kwargs,
-            )
-        except requests.RequestException as exc:
-            raise self._transport_error(exc, access, step) from None
-
-    def _read(
-        self,
-        response: requests.Response,
-        limit: int,
-        deadline: float,
-        access: DeviceAccess,
-        step: str,
-    ) -> bytes | None:
-        """The body, or None when it is over `limit`; the budget is checked between reads."""
-        body = bytearray()
-        try:
-            for chunk in response.iter_content(_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    return None
-                if time.monotonic() > deadline:
-                    raise _timed_out(access.host, step)
-        except requests.RequestException as exc:
-            raise self._transport_error(exc, access, step) from None
-        return bytes(body)
+        with _Watch(deadline) as watch:
+            try:
+                with session.request(
+                    method,
+                    f"https://{access.host}{path}",
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                    **kwargs,
+                ) as response:
+                    if on_headers is not None:
+                        on_headers(response)
+                    answer = _Answer(response.status_code, _body(response, limit))
+            except Exception as exc:
+                if watch.stop():
+                    raise _timed_out(access.host, step) from None
+                if isinstance(exc, requests.RequestException):
+                    raise self._transport_error(exc, access, step) from None
+                raise
+            if watch.stop():
+                raise _timed_out(access.host, step)
+        return answer
 
     def _transport_error(
         self, exc: requests.RequestException, access: DeviceAccess, step: str
@@ -462,20 +686,57 @@ def _new_session(access: DeviceAccess) -> requests.Session:
     session.cookies.set_policy(_NoStoredCookies())
     session.headers["User-Agent"] = "faceid-connector"
     if policy.fingerprint_sha256 is not None or policy.insecure:
-        session.mount("https://", NoCaAdapter(policy.fingerprint_sha256))
+        session.mount("https://", _watched(NoCaAdapter(policy.fingerprint_sha256)))
         session.verify = False
     else:
-        session.mount("https://", HTTPAdapter(max_retries=0))
+        session.mount("https://", _watched(HTTPAdapter(max_retries=0)))
         session.verify = policy.ca_bundle if policy.ca_bundle is not None else True
     if policy.insecure:
         log("WARNING", "TLS verification is off for this device, as configured", host=access.host)
     return session
 
 
-def _session_cookies(jar: requests.cookies.RequestsCookieJar) -> dict[str, str]:
-    every = {cookie.name: cookie.value or "" for cookie in jar}
+def _body(response: requests.Response, limit: int) -> bytes | None:
+    """The body, or None as soon as it is over `limit` (closing the response then drops the
+    connection instead of reading the rest)."""
+    body = bytearray()
+    for chunk in response.iter_content(_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _session_cookies(set_cookie_headers: Iterable[str]) -> dict[str, str]:
+    """name -> value of every cookie the Set-Cookie headers set (not those they clear):
+    SessionId / SecureSessionId when present, else all. Read from the headers themselves, so no
+    cookie policy (domain, path, secure) can drop a session we must sign out."""
+    every: dict[str, str] = {}
+    for header in set_cookie_headers:
+        pair, *attributes = header.split(";")
+        name, sep, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if sep and name and value and not _clears(attributes):
+            every[name] = value
     preferred = {name: value for name, value in every.items() if name in SESSION_COOKIE_NAMES}
     return preferred or every
+
+
+def _clears(attributes: list[str]) -> bool:
+    """Max-Age <= 0 or an Expires in the past: the header deletes the cookie."""
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "max-age" and value.lstrip("-").isdigit() and int(value) <= 0:
+            return True
+        if key == "expires":
+            try:
+                expires = parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError, IndexError):
+                continue
+            if expires <= time.time():
+                return True
+    return False
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

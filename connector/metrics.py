@@ -55,11 +55,18 @@ class Metrics:
             self.webex_messages.labels(outcome)  # present at 0 from the start
         self.open_sessions = Gauge(
             "faceid_device_sessions_open",
-            "Device web sessions signed in whose sign-out has not finished",
+            "Device web sessions the connector holds or could not sign out (recorded in its "
+            "store until signed out; NaN when the store does not answer)",
             registry=self.registry,
         )
         if open_sessions is not None:
             self.open_sessions.set_function(open_sessions)
+        self.signout_failures = Counter(
+            "faceid_device_signout_failures",
+            "Device sign-outs that failed (no answer in time, or an error status): each may "
+            "leave a web session open on its device until the next start signs it out",
+            registry=self.registry,
+        )
 
     def verification(
         self,
@@ -80,6 +87,9 @@ class Metrics:
 
     def webex(self, outcome: str) -> None:
         self.webex_messages.labels(outcome).inc()
+
+    def signout_failed(self) -> None:
+        self.signout_failures.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

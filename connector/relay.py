@@ -19,7 +19,7 @@ from http.client import RemoteDisconnected
 from typing import Any
 
 import requests
-from faceverify.errors import FaceIdError
+from faceverify.errors import FaceIdError, config_error
 from faceverify.logs import TRACE_HEADER
 from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
 from requests.adapters import HTTPAdapter
@@ -41,6 +41,7 @@ MAX_ANSWER_BYTES = 1024 * 1024
 CONNECT_TIMEOUT_S = 3.0
 PING_TIMEOUT_S = (2.0, 3.0)  # /healthz must answer quickly even when the function does not
 DEFAULT_RETRY_AFTER_S = 10
+MAX_MESSAGE_CHARS = 300  # of the function's message, quoted in ours
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ class FunctionClient:
         status, answer, retry_after = self._send(url, data, headers)
         round_trip_ms = round((time.perf_counter() - started) * 1000, 1)
         if status != 200:
-            raise _status_error(status, answer, retry_after)
+            raise _status_error(status, answer, retry_after, body.get("threshold"))
         return answer, round_trip_ms, auth_ms, len(data)
 
     def _send(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any, str | None]:
@@ -279,6 +280,15 @@ def _error_code(answer: Any) -> str | None:
     return code if isinstance(code, str) and CODE_RE.match(code) else None
 
 
+def _their_message(answer: Any) -> str:
+    """The function's own words for a refusal, for the operator's log: printable, bounded."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str):
+        return ""
+    return "".join(c for c in message if c.isprintable())[:MAX_MESSAGE_CHARS]
+
+
 def _retry_after(value: str | None) -> int:
     try:
         seconds = int(value or "")
@@ -287,9 +297,21 @@ def _retry_after(value: str | None) -> int:
     return min(max(seconds, 1), 3600)
 
 
-def _status_error(status: int, answer: Any, retry_after: str | None) -> FaceIdError:
-    """The connector's error for a function answer other than 200."""
+def _status_error(
+    status: int, answer: Any, retry_after: str | None, threshold: float | None = None
+) -> FaceIdError:
+    """The connector's error for a function answer other than 200. A refused policy.threshold
+    (under the engine's floor, which only the function knows) is the connector's misconfiguration:
+    config_error, fails closed and counts against no one; other 4xx are bugs: internal_error."""
     code = _error_code(answer)
+    said = _their_message(answer)
+    # api.md §1: the message of a refused threshold starts with 'threshold'.
+    refused_threshold = (status, code) == (400, "bad_request") and said.startswith("'threshold'")
+    if refused_threshold and threshold is not None:
+        return config_error(
+            f"The comparison service refused policy.threshold = {threshold:g}: {said}. "
+            "Raise policy.threshold or leave it out to use the function's default"
+        )
     if status == 422 and code == "reference_unusable":
         named = answer["error"].get("reference_id")
         return ReferenceUnusable(named if isinstance(named, str) else None)
@@ -308,7 +330,7 @@ def _status_error(status: int, answer: Any, retry_after: str | None) -> FaceIdEr
             "check the invoker role and the token audience"
         )
     if 400 <= status < 500:
-        detail = f", {code}" if code else ""
+        detail = (f", {code}" if code else "") + (f": {said}" if said else "")
         return FaceIdError(
             500,
             "internal_error",

@@ -3,8 +3,10 @@ clients pooled. A missing or wrong secret stops start-up with a clear message.""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +20,15 @@ from .lockout import Lockout
 from .metrics import Metrics
 from .protocol import Authenticator
 from .relay import FunctionClient
-from .store import Store
+from .store import DeviceWebSession, Store
 from .webex import Event, WebexNotices, webex_notices
 
-#: Device sign-in + snapshot, then sign-out, then the function's own timeout (function.timeout_s,
-#: at most 10 s by default) keep one verify well under the macro's 20 s budget.
-DEVICE_BUDGET_S = 6.0
+#: A verify's device part ends within device_defaults.budget_s (sign-in + snapshot, 6 s by
+#: default), then this for the sign-out; with function.timeout_s (10 s by default) one verify
+#: answers within 18 s, inside the macro's 25 s request timeout.
 SIGNOUT_BUDGET_S = 2.0
+#: Sign-outs of sessions a crash left open, run at once at start-up (each within its budget).
+LEFTOVER_SIGNOUTS_AT_ONCE = 8
 #: Beyond the device and function deadlines, how long a verify may hold its device before another
 #: may start (a crashed connector's hold ends by itself).
 ATTEMPT_LEASE_MARGIN_S = 5.0
@@ -128,6 +132,48 @@ class Runtime:
             status = "failing"
         return {"status": status, "checks": checks, "devices": devices}
 
+    def sign_out_leftovers(self) -> int:
+        """At start-up, before serving: sign out the device web sessions a crash left open
+        (recorded in the store; a device never ends them by itself and caps them), a few at a
+        time. Each one signed out, or unknown to its device, is forgotten; one whose device
+        does not answer is kept for the next start. Returns how many were signed out. Only for
+        the service's start: a session in use by a running process would be cut off."""
+        leftovers = self.store.device_sessions()
+        if not leftovers:
+            return 0
+        with ThreadPoolExecutor(min(LEFTOVER_SIGNOUTS_AT_ONCE, len(leftovers))) as pool:
+            closed = sum(pool.map(self._sign_out_leftover, leftovers))
+        kept = len(leftovers) - closed
+        self.log("INFO", "device web sessions left by a crash", signed_out=closed, kept=kept)
+        return closed
+
+    def _sign_out_leftover(self, leftover: DeviceWebSession) -> bool:
+        """Never logs the session's cookies."""
+        serial = leftover.serial
+        if leftover.cookies is None or self.config.device(serial) is None:
+            why = "damaged record" if leftover.cookies is None else "device no longer configured"
+            self.log(
+                "WARNING", "forgot a device session it cannot sign out", serial=serial, reason=why
+            )
+            self.store.forget_device_session(leftover.entry)
+            return False
+        device = self.devices.get(serial)
+        if device is None:
+            return False  # a runtime built for some devices only: left for the service
+        result = self.device_client.sign_out_session(device.access, leftover.cookies)
+        if not result.gone:
+            self.log(
+                "WARNING",
+                "a device web session left by a crash could not be signed out; retried at the "
+                "next start",
+                serial=serial,
+                host=device.access.host,
+                reason=result.reason,
+            )
+            return False
+        self.store.forget_device_session(leftover.entry)
+        return True
+
     def close(self) -> None:
         """At worker exit: drain the Webex queue (bounded), then let go of clients and store."""
         if self.webex is not None:
@@ -145,19 +191,26 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         if serials is not None and dev.serial not in serials:
             continue
         access = DeviceAccess(
-            host=dev.host, username=dev.username, password=dev.resolve_password(), tls=dev.tls
+            host=dev.host,
+            username=dev.username,
+            password=dev.resolve_password(),
+            tls=dev.tls,
+            serial=dev.serial,
         )
         devices[dev.serial] = Device(dev.serial, dev.name or dev.serial, access)
-    device_client = DeviceClient(
-        connect_timeout_s=config.device_defaults.connect_timeout_s,
-        read_timeout_s=config.device_defaults.read_timeout_s,
-        budget_s=DEVICE_BUDGET_S,
-        signout_budget_s=SIGNOUT_BUDGET_S,
-    )
-    metrics = Metrics(lambda: device_client.open_sessions)
+    metrics = Metrics()
     # Administrators' commands (serials given) tell nobody and need no bot token.
     webex = webex_notices(config, metrics) if serials is None else None
     store = Store.open(config.store.path, config.store.resolve_key())
+    device_client = DeviceClient(
+        connect_timeout_s=config.device_defaults.connect_timeout_s,
+        read_timeout_s=config.device_defaults.read_timeout_s,
+        budget_s=config.device_defaults.budget_s,
+        signout_budget_s=SIGNOUT_BUDGET_S,
+        ledger=store,
+        on_signout_failure=metrics.signout_failed,
+    )
+    metrics.open_sessions.set_function(lambda: _recorded_sessions(store))
     return Runtime(
         config=config,
         store=store,
@@ -171,3 +224,11 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         metrics=metrics,
         webex=webex,
     )
+
+
+def _recorded_sessions(store: Store) -> float:
+    """The gauge's value: a store that does not answer shows NaN instead of failing /metrics."""
+    try:
+        return float(store.count_device_sessions())
+    except Exception:
+        return math.nan

@@ -1,9 +1,10 @@
-"""Serve the connector's Flask app with gunicorn (one worker, threads), optionally over TLS."""
+"""Serve the connector's Flask app with gunicorn (one worker, threads) on a private UNIX socket,
+behind its front (front.py: HAProxy, which holds the clients' connections and TLS)."""
 
 from __future__ import annotations
 
 import os
-import ssl
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,8 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from .app import SHUTDOWN
+from .config import ServerConfig
+from .front import Front
 
 
 class ConnectorServer(BaseApplication):
@@ -42,54 +45,43 @@ def _worker_exit(_arbiter: Any, worker: Any) -> None:
         shutdown()
 
 
-class ReusedSslContext:
-    """gunicorn's `ssl_context` hook. gunicorn builds a new SSLContext, reading the certificate
-    and key again, for every connection (about 1 ms, and each macro call is a new connection);
-    this keeps one and builds it again only when either file changes, so a renewed certificate
-    still takes effect without a restart."""
+def serve(factory: Callable[[], Flask], *, server: ServerConfig) -> None:
+    """Run until stopped; exits with status 1 if the front dies under it."""
+    front_failed = threading.Event()
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, ...] | None = None
-        self._context: ssl.SSLContext | None = None
+    def front_exited(_code: int) -> None:
+        front_failed.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # gunicorn stops gracefully
 
-    def __call__(self, conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        try:
-            stamp = tuple(
-                os.stat(path).st_mtime_ns for path in (conf.certfile, conf.keyfile or conf.certfile)
-            )
-        except OSError:
-            stamp = None  # let the factory report the missing file
-        with self._lock:
-            if self._context is None or stamp is None or stamp != self._stamp:
-                self._context, self._stamp = default_factory(), stamp
-            return self._context
+    front = Front(server, front_exited)
 
+    def when_ready(_arbiter: Any) -> None:
+        # The backend socket is bound (requests wait in its backlog until the worker is up).
+        front.start()
+        front.wait_until_listening()
 
-def serve(
-    factory: Callable[[], Flask],
-    *,
-    host: str,
-    port: int,
-    threads: int,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-) -> None:
+    def on_exit(_arbiter: Any) -> None:
+        front.stop()
+        if front_failed.is_set():
+            raise SystemExit(1)
+
     options: dict[str, Any] = {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "bind": front.backend_bind,
         "workers": 1,
         "worker_class": "gthread",
-        "threads": threads,
+        "threads": server.threads,
         "timeout": 60,
         "graceful_timeout": 20,
         "keepalive": 30,
-        "certfile": certfile,
-        "keyfile": keyfile,
-        "ssl_context": ReusedSslContext() if certfile else None,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "warning",
         "control_socket_disable": True,
         "worker_exit": _worker_exit,
+        "when_ready": when_ready,
+        "on_exit": on_exit,
     }
-    ConnectorServer(factory, options).run()
+    try:
+        ConnectorServer(factory, options).run()
+    finally:
+        front.stop()

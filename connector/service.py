@@ -23,6 +23,7 @@ def run(config_path: str) -> None:
                     "`admin rotate-key` and puts the key in its macro",
                     serial=serial,
                 )
+        rt.sign_out_leftovers()  # device web sessions a crash left open (they never expire)
     finally:
         rt.close()
 
@@ -40,11 +41,4 @@ def run(config_path: str) -> None:
     )
     from .server import serve
 
-    serve(
-        factory,
-        host=server.host,
-        port=server.port,
-        threads=server.threads,
-        certfile=server.tls_cert,
-        keyfile=server.tls_key,
-    )
+    serve(factory, server=server)

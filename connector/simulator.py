@@ -17,6 +17,16 @@ fault (a malformed snapshot answer: garbage_json, missing_data, empty_data, bad_
 not_jpeg), images (a file or folder, cycled per snapshot), reset_stats. `GET /_sim/stats`
 (same header) reports the counters.
 
+Transport faults, per endpoint (in-process or through /_sim/control only): trickle_ms and
+trickle_on (the listed endpoints' answer bodies go out one byte every trickle_ms; with
+trickle_headers, the status line and headers too), endless_on (headers, then a chunked body that
+never ends: a small chunk every 20 ms until the client goes), huge_on (a body larger than the
+client's MAX_SNAPSHOT_BYTES, at full speed). The device does its work first: a trickled sign-in
+has opened its session, a trickled sign-out has closed it. Sign-in oddities: signin_status (the
+status of a granted sign-in's answer, which still opens the session and sets its cookie, e.g.
+500) and cookie_attrs (attributes appended to its Set-Cookie, e.g. "Domain=elsewhere.invalid",
+which a client's cookie policy refuses).
+
 Run: `python -m connector.simulator --account-env SIM_ACCOUNT --images photo.jpg`; the first
 stdout line is the URL, then `fingerprint <SHA-256>`, `control-token <token>` (with `--devices N`,
 these three lines once per device, all with the same control token). All instances in one process
@@ -43,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from http.cookies import CookieError, SimpleCookie
@@ -54,7 +64,7 @@ from urllib.parse import parse_qs
 
 from PIL import Image, ImageOps
 
-from .device import SIGNIN_PATH, SIGNOUT_PATH
+from .device import MAX_SNAPSHOT_BYTES, SIGNIN_PATH, SIGNOUT_PATH
 from .tls import display_fingerprint, pem_fingerprint, self_signed_identity
 
 SNAPSHOT_ROUTE = "/web/api/snapshot/get_b64"
@@ -63,6 +73,10 @@ FAULTS = frozenset({"garbage_json", "missing_data", "empty_data", "bad_base64", 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 CAMERA_SIZE = (1920, 1080)
 MAX_BODY = 64 * 1024
+ENDPOINT_SETS = ("slow_on", "trickle_on", "endless_on", "huge_on")
+HUGE_BODY_BYTES = MAX_SNAPSHOT_BYTES + 1024 * 1024
+ENDLESS_CHUNK = b" " * 256  # JSON whitespace: the body stays "valid so far" for ever
+ENDLESS_EVERY_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,16 @@ class Mode:
     slow_on: frozenset[str] = ENDPOINTS
     down: bool = False
     fault: str | None = None
+    trickle_ms: float = 0.0
+    trickle_on: frozenset[str] = ENDPOINTS
+    trickle_headers: bool = False
+    endless_on: frozenset[str] = frozenset()
+    huge_on: frozenset[str] = frozenset()
+    signin_status: int = 200
+    cookie_attrs: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -276,17 +300,27 @@ class DeviceSimulator:
         unknown = set(switches) - {f for f in Mode.__dataclass_fields__}
         if unknown:
             raise ValueError(f"Unknown switch(es): {', '.join(sorted(unknown))}")
-        if "slow_on" in switches:
-            switches["slow_on"] = frozenset(switches["slow_on"])
-            if not switches["slow_on"] <= ENDPOINTS:
-                raise ValueError(f"slow_on takes endpoints among {sorted(ENDPOINTS)}")
+        for name in ENDPOINT_SETS:
+            if name in switches:
+                switches[name] = frozenset(switches[name])
+                if not switches[name] <= ENDPOINTS:
+                    raise ValueError(f"{name} takes endpoints among {sorted(ENDPOINTS)}")
         if switches.get("fault") not in FAULTS | {None}:
             raise ValueError(f"fault is one of {sorted(FAULTS)} or null")
-        if "slow_s" in switches:
-            switches["slow_s"] = float(switches["slow_s"])
-        for name in ("no_option_key", "black", "down"):
+        for name in ("slow_s", "trickle_ms"):
+            if name in switches:
+                switches[name] = float(switches[name])
+                if switches[name] < 0:
+                    raise ValueError(f"{name} is not negative")
+        for name in ("no_option_key", "black", "down", "trickle_headers"):
             if name in switches and not isinstance(switches[name], bool):
                 raise ValueError(f"{name} is true or false")
+        status = switches.get("signin_status", 200)
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError("signin_status is an HTTP status, 100 to 599")
+        attrs = switches.get("cookie_attrs", "")
+        if not isinstance(attrs, str) or any(c in attrs for c in "\r\n"):
+            raise ValueError("cookie_attrs is one line of text")
         frames = load_frames(images, self.size) if images is not None else None
         with self._lock:
             self.mode = replace(self.mode, **switches)
@@ -432,6 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route(self, method: str) -> None:
+        self._endpoint: str | None = None  # set once routed: the transport faults apply to it
         path, _, query = self.path.partition("?")
         body = self._body()
         if body is None:
@@ -454,6 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not Found")
             return
         endpoint, handler = route
+        self._endpoint = endpoint
         mode = sim.mode
         if mode.slow_s > 0 and endpoint in mode.slow_on:
             time.sleep(mode.slow_s)
@@ -476,8 +512,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif session_id is None:
             self._send(401, b"Unauthorized")
         else:
+            mode = self.server.sim.mode
             cookie = f"{self.server.sim.cookie_name}={session_id}; Path=/; Secure; HttpOnly"
-            self._send(200, b'{"result":"ok"}', "application/json", [("Set-Cookie", cookie)])
+            if mode.cookie_attrs:
+                cookie += f"; {mode.cookie_attrs}"
+            body = b'{"result":"ok"}' if mode.signin_status == 200 else b'{"result":"error"}'
+            headers = [("Set-Cookie", cookie)]
+            self._send(mode.signin_status, body, "application/json", headers)
 
     def _snapshot(self, query: str, body: bytes) -> None:
         sim = self.server.sim
@@ -521,7 +562,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError, OSError) as exc:
                 self._send_json(400, {"error": str(exc)})
                 return
-            self._send_json(200, {"mode": {**asdict(mode), "slow_on": sorted(mode.slow_on)}})
+            self._send_json(200, {"mode": mode.to_json()})
         else:
             self._send(404, b"Not Found")
 
@@ -562,6 +603,10 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "text/plain",
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
+        mode, endpoint = self.server.sim.mode, getattr(self, "_endpoint", None)
+        if endpoint is not None and _shaped(mode, endpoint):
+            self._send_shaped(mode, endpoint, status, body, content_type, headers)
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -569,6 +614,68 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _send_shaped(
+        self,
+        mode: Mode,
+        endpoint: str,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: Sequence[tuple[str, str]],
+    ) -> None:
+        """The answer as the transport faults of `mode` shape it (module docstring)."""
+        self.close_connection = True
+        endless, huge = endpoint in mode.endless_on, endpoint in mode.huge_on
+        framing = (
+            "Transfer-Encoding: chunked"
+            if endless
+            else f"Content-Length: {HUGE_BODY_BYTES if huge else len(body)}"
+        )
+        lines = [
+            f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+            f"Server: {self.version_string()}",
+            f"Date: {self.date_time_string()}",
+            f"Content-Type: {content_type}",
+            framing,
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in headers),
+        ]
+        pace_s = mode.trickle_ms / 1000 if endpoint in mode.trickle_on else 0.0
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._write(head, pace_s if mode.trickle_headers else 0.0)
+        for part in _shaped_body(body, endless=endless, huge=huge):
+            self._write(part, pace_s)
+
+    def _write(self, data: bytes, pace_s: float) -> None:
+        """At once, or one byte every pace_s; a client that went away ends it (OSError)."""
+        if pace_s <= 0:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):
+            self.wfile.write(data[i : i + 1])
+            time.sleep(pace_s)
+
+
+def _shaped(mode: Mode, endpoint: str) -> bool:
+    trickled = mode.trickle_ms > 0 and endpoint in mode.trickle_on
+    return trickled or endpoint in mode.endless_on or endpoint in mode.huge_on
+
+
+def _shaped_body(body: bytes, *, endless: bool, huge: bool) -> Iterator[bytes]:
+    if huge:  # the start of a snapshot answer that goes on past any sane size
+        start = b'{"data":"'
+        yield start
+        block, left = b"A" * 65536, HUGE_BODY_BYTES - len(start)
+        while left > 0:
+            yield block[:left]
+            left -= len(block)
+    elif endless:
+        while True:
+            yield b"%x\r\n%s\r\n" % (len(ENDLESS_CHUNK), ENDLESS_CHUNK)
+            time.sleep(ENDLESS_EVERY_S)
+    else:
+        yield body
 
 
 _FAULTY_ANSWERS: dict[str, tuple[bytes, str]] = {

@@ -1,5 +1,7 @@
 """The connector's state in one SQLite file: device keys and enrolled people's reference photos
-(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions.
+(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions, and
+the device web sessions held open (their cookies AES-GCM encrypted, bound to the serial), so a
+crash leaves none unknown.
 
 WAL mode with synchronous=FULL: a committed enrollment survives a power cut, an interrupted one
 leaves nothing. Each thread gets its own connection, so reads on the verify path never wait for
@@ -15,13 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from faceverify.errors import FaceIdError, config_error
+from faceverify.logs import log
 from faceverify.service import MAX_REFERENCES
 
 from .names import name_key
@@ -33,6 +36,9 @@ KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
 NONCE_BYTES = 12
 BUSY_TIMEOUT_S = 5.0
 AUDIT_PRUNE_EVERY = 1000
+#: Emptying the WAL after a removal: tries, and how long each waits for readers to move on.
+CHECKPOINT_TRIES = 4
+CHECKPOINT_WAIT_S = 0.25
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -86,6 +92,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     person TEXT NOT NULL,
     unlocked_at REAL NOT NULL,
     ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS device_sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    serial TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created REAL NOT NULL
 );
 """
 
@@ -146,6 +159,16 @@ class Session:
     started: float
 
 
+@dataclass(frozen=True)
+class DeviceWebSession:
+    """A device web session the connector opened and has not seen signed out."""
+
+    entry: int
+    serial: str
+    created: float
+    cookies: dict[str, str] | None = field(repr=False)  # None: failed its integrity check
+
+
 class Gate(NamedTuple):
     """What begin_attempt decided: "go" (the attempt holds the device), "busy" (another attempt
     does) or "locked_out"; `state` is the lockout as it now stands."""
@@ -162,6 +185,11 @@ def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
 def _key_aad(serial: str) -> bytes:
     """Binds a device key to its serial: a key moved to another device's row fails to decrypt."""
     return f"faceid-device-key-v1|{serial}".encode()
+
+
+def _web_session_aad(serial: str) -> bytes:
+    """Binds a device web session's cookies to the device that issued them."""
+    return f"faceid-device-session-v1|{serial}".encode()
 
 
 def store_unavailable(message: str) -> FaceIdError:
@@ -355,6 +383,48 @@ class Store:
                 "or damaged"
             ) from None
 
+    # --- device web sessions (device.SessionLedger) ---------------------------------------
+
+    def record_device_session(self, serial: str, cookies: Mapping[str, str]) -> int:
+        """Write down an open device web session (its cookies, encrypted) before it is used;
+        returns its entry. The device never ends it by itself: forget it once signed out."""
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(
+            nonce, json.dumps(dict(cookies)).encode(), _web_session_aad(serial)
+        )
+        with self._write() as conn:
+            entry = conn.execute(
+                "INSERT INTO device_sessions (serial, nonce, ciphertext, created) "
+                "VALUES (?, ?, ?, ?)",
+                (serial, nonce, sealed, time.time()),
+            ).lastrowid
+        assert entry is not None
+        return int(entry)
+
+    def forget_device_session(self, entry: int) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM device_sessions WHERE id = ?", (entry,))
+
+    def device_sessions(self) -> list[DeviceWebSession]:
+        """Every recorded session, oldest first (what a crash left open, at start-up)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, serial, nonce, ciphertext, created FROM device_sessions ORDER BY id"
+            ).fetchall()
+        sessions = []
+        for entry, serial, nonce, sealed, created in rows:
+            try:
+                plain = self._aead.decrypt(nonce, sealed, _web_session_aad(serial))
+                cookies: dict[str, str] | None = dict(json.loads(plain))
+            except (InvalidTag, ValueError, TypeError):
+                cookies = None
+            sessions.append(DeviceWebSession(int(entry), str(serial), float(created), cookies))
+        return sessions
+
+    def count_device_sessions(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM device_sessions").fetchone()[0])
+
     # --- people and reference photos ------------------------------------------------------
 
     def add_reference(
@@ -511,6 +581,7 @@ class Store:
             conn.execute("DELETE FROM sessions WHERE serial = ? AND person = ?", (serial, person))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
+        self.empty_wal(f"removing a person of {serial}")
         return removed > 0
 
     def remove_device(self, serial: str, *, audit: AuditEntry | None = None) -> int:
@@ -523,7 +594,34 @@ class Store:
             conn.execute("DELETE FROM attempts WHERE serial = ?", (serial,))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
+        self.empty_wal(f"removing device {serial}")
         return int(removed)
+
+    def empty_wal(self, after: str) -> bool:
+        """Copy the WAL into the database and truncate it to 0 bytes. secure_delete zeroes what
+        a removal deletes, but the -wal file still holds the older frames (photos, names) until
+        a checkpoint. A reader on an older snapshot keeps it from completing: a few short tries,
+        then a warning (the removal has committed; SQLite's own checkpoints finish the job)."""
+        conn = self._conn()
+        outcome = "busy"
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_WAIT_S * 1000)}")
+            for attempt in range(CHECKPOINT_TRIES):
+                if attempt:
+                    time.sleep(CHECKPOINT_WAIT_S)
+                if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+                    return True
+        except sqlite3.Error as exc:
+            outcome = f"failed ({exc})"
+        finally:
+            with suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        log(
+            "WARNING",
+            f"after {after}: could not empty the store's write-ahead log ({outcome}); the removed "
+            f"data stays in {self.path}-wal until SQLite's next checkpoint",
+        )
+        return False
 
     # --- audit ----------------------------------------------------------------------------
 

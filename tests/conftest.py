@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from connector.simulator import DeviceSimulator
 from tests import procs
@@ -29,6 +30,12 @@ from tests.secrets_used import (
     register_environment,
     registered,
 )
+
+# Property-based tests are reproducible: every run draws the same examples (their seed is derived
+# from each test's name), nothing is remembered between runs, and a failure prints the blob that
+# replays it (@reproduce_failure).
+settings.register_profile("faceid", derandomize=True, database=None, print_blob=True)
+settings.load_profile("faceid")
 
 LOG_SUFFIXES = {".log", ".jsonl"}
 # Every server here prints a few lines at least (its URL, its access log); with this many of
@@ -77,6 +84,10 @@ def _register_simulator_accounts() -> None:
         original(self, accounts, *args, **kwargs)
 
     DeviceSimulator.__init__ = init  # type: ignore[method-assign]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "hypothesis: derandomized (each test's seed is derived from its name), no database"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -95,15 +95,14 @@ def the_function(tf: dict[str, list[Any]]) -> dict[str, Any]:
 
 
 def env_names_read_by_function() -> set[str]:
-    """Names config.py reads (env.get("X"), _number(env, "X", ...), _integer(env, "X", ...))."""
+    """Names config.py reads (env.get("X"), read.number("X", ...) and _Variables' other readers)."""
     names: set[str] = set()
+    readers = ("get", "number", "integer", "threshold", "text")
     for node in ast.walk(ast.parse(CONFIG_PY.read_text())):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        reader = (isinstance(func, ast.Attribute) and func.attr == "get") or (
-            isinstance(func, ast.Name) and func.id in ("_number", "_integer")
-        )
+        reader = isinstance(func, ast.Attribute) and func.attr in readers
         if reader:
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):

@@ -645,5 +645,9 @@ def test_a_renewed_certificate_is_served_without_a_restart(stack):
     cert, key = self_signed_identity(["127.0.0.1", "localhost"])
     (stack.workdir / "connector.key").write_bytes(key)
     (stack.workdir / "connector.crt").write_bytes(cert)
-    assert peer_fingerprint(url.hostname, url.port, 5) == pem_fingerprint(cert) != served
+    deadline = time.monotonic() + 20  # the front notices within seconds and reloads
+    while peer_fingerprint(url.hostname, url.port, 5) != pem_fingerprint(cert):
+        assert time.monotonic() < deadline, "the renewed certificate was never served"
+        time.sleep(0.2)
+    assert pem_fingerprint(cert) != served
     test_health_needs_no_signature(stack)  # trusted with the new certificate

@@ -110,7 +110,7 @@ def documented_defaults() -> list[tuple[str, str, object]]:
 def test_defaults_are_the_documented_ones(tmp_path):
     config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
     rows = documented_defaults()
-    assert len(rows) == 23
+    assert len(rows) == 27
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
@@ -195,6 +195,55 @@ def test_device_defaults_fill_in_and_are_overridden(tmp_path):
 )  # fmt: skip
 def test_a_mistake_is_named_by_its_field(tmp_path, text, message):
     assert message in load_error(tmp_path, text)
+
+
+def test_every_problem_of_the_file_is_named_in_one_message(tmp_path):
+    text = BASE + "[server]\nport = 0\n[policy]\nthreshold = 0\n[log]\nlevel = 'LOUD'\n"
+    message = load_error(tmp_path, text)
+    assert message.startswith("3 problems: "), message
+    assert "server.port must be a whole number from 1 to 65535" in message
+    assert "policy.threshold must be above 0" in message
+    assert "log.level must be one of" in message
+
+
+def test_a_section_is_read_to_its_end_past_a_bad_field(tmp_path):
+    text = (
+        BASE
+        + "[policy]\nmax_failures = 0\nself_enroll = 'always'\nnope = 1\n"
+        + device("A", host='"https://10.0.0.5"', tls='{ fingerprint_sha256 = "abc" }')
+        + device("A")
+    )
+    assert load_error(tmp_path, text).split("; ") == [
+        "6 problems: policy.max_failures must be a whole number from 1 to 100",
+        "policy.self_enroll must be one of 'first', 'never'",
+        "policy: unknown key 'nope'",
+        "devices[0].host has an invalid value 'https://10.0.0.5'",
+        "devices[0].tls.fingerprint_sha256 must be 64 hex characters (colons allowed)",
+        "devices[1].serial 'A' is already used by devices[0]",
+    ]
+
+
+def test_a_missing_section_is_one_problem_not_one_per_field(tmp_path):
+    text = "[store]\npath = 'x'\nkey = 'env:K'\n[server]\nport = 0\n"
+    assert load_error(tmp_path, text) == (
+        "2 problems: server.port must be a whole number from 1 to 65535; function is required"
+    )
+    assert load_error(tmp_path, "[store]\npath = 'x'\nkey = 'env:K'\n") == "function is required"
+
+
+@pytest.mark.parametrize("threshold", ["0", "0.0", "-1", "-0.5", "-inf"])
+def test_a_threshold_that_accepts_anyone_stops_start_up(tmp_path, threshold):
+    message = load_error(tmp_path, BASE + f"[policy]\nthreshold = {threshold}\n")
+    assert message == (
+        "policy.threshold must be above 0 (0 would accept anyone), or left out to use the "
+        "function's default"
+    )
+
+
+def test_a_positive_threshold_is_sent_as_written(tmp_path):
+    """Whether it is under the engine's floor only the function knows (it answers 400)."""
+    config = load_config(write(tmp_path, BASE + "[policy]\nthreshold = 0.01\n"))
+    assert config.policy.threshold == 0.01
 
 
 def test_http_is_accepted_for_a_loopback_function(tmp_path):

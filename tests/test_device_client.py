@@ -14,7 +14,7 @@ import requests
 from faceverify.errors import FaceIdError
 from PIL import Image
 
-from connector.device import DeviceAccess, DeviceClient, TlsPolicy
+from connector.device import SIGNIN_PATH, DeviceAccess, DeviceClient, Snapshot, TlsPolicy
 from connector.simulator import DeviceSimulator
 from connector.tls import self_signed_identity
 
@@ -60,6 +60,45 @@ def failure(client: DeviceClient, device_access: DeviceAccess) -> FaceIdError:
         client.snapshot(device_access)
     assert caught.value.status == 502
     return caught.value
+
+
+# Deadline tests: short budgets, and a generous slack for a loaded 2-core machine.
+BUDGET_S, SIGNOUT_BUDGET_S, SLACK_S = 1.5, 1.0, 2.0
+
+
+@pytest.fixture
+def bounded():
+    device_client = DeviceClient(
+        connect_timeout_s=1.0,
+        read_timeout_s=1.0,  # longer than any trickle's gap: only the deadline can end it
+        budget_s=BUDGET_S,
+        signout_budget_s=SIGNOUT_BUDGET_S,
+    )
+    yield device_client
+    assert device_client.open_sessions == 0
+    device_client.close()
+
+
+def timed_snapshot(client: DeviceClient, device_access: DeviceAccess):
+    """(the Snapshot or the FaceIdError, seconds taken), the call given a bounded time in a
+    thread: one that overruns fails the test instead of hanging it (closing the simulator
+    then ends it)."""
+
+    def call() -> tuple[Snapshot | FaceIdError, float]:
+        started = time.monotonic()
+        try:
+            outcome: Snapshot | FaceIdError = client.snapshot(device_access)
+        except FaceIdError as exc:
+            outcome = exc
+        return outcome, time.monotonic() - started
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=BUDGET_S + SIGNOUT_BUDGET_S + 2 * SLACK_S)
+    except TimeoutError:
+        pytest.fail("the device call did not end within its budget")
+    finally:
+        pool.shutdown(wait=False)
 
 
 def test_snapshot_returns_the_device_jpeg_and_signs_out(sim, client):
@@ -161,6 +200,122 @@ def test_budget_bounds_sign_in_plus_snapshot_and_sign_out_still_runs(sim):
     assert elapsed < 0.5 + 0.3 + 0.4  # budget, then one slow sign-out, plus scheduling slack
     assert sim.stats()["signouts"] == 1
     bounded.close()
+
+
+@pytest.mark.parametrize(
+    ("switches", "code", "until_the_deadline"),
+    [
+        pytest.param(
+            {"trickle_ms": 100, "trickle_on": ["snapshot"]},
+            "device_unreachable",
+            True,
+            id="snapshot-body-a-byte-every-100ms",
+        ),
+        pytest.param(
+            {"trickle_ms": 100, "trickle_on": ["snapshot"], "trickle_headers": True},
+            "device_unreachable",
+            True,
+            id="snapshot-headers-a-byte-every-100ms",
+        ),
+        pytest.param(
+            {"endless_on": ["snapshot"]}, "device_unreachable", True, id="snapshot-endless-body"
+        ),
+        pytest.param(
+            {"huge_on": ["snapshot"]}, "snapshot_unavailable", False, id="snapshot-huge-body"
+        ),
+        pytest.param(
+            # The sign-in's body is 15 bytes: slow enough that it cannot end within the budget.
+            {"trickle_ms": 400, "trickle_on": ["signin"]},
+            "device_unreachable",
+            True,
+            id="signin-body-a-byte-every-400ms",
+        ),
+        pytest.param(
+            {"endless_on": ["signin"]}, "device_unreachable", True, id="signin-endless-body"
+        ),
+        pytest.param({"huge_on": ["signin"]}, "device_unreachable", False, id="signin-huge-body"),
+    ],
+)
+def test_an_answer_however_sent_ends_within_the_budget_and_the_session_is_signed_out(
+    sim, bounded, switches, code, until_the_deadline
+):
+    sim.set_mode(**switches)
+    outcome, elapsed = timed_snapshot(bounded, access(sim))
+    assert isinstance(outcome, FaceIdError), outcome
+    assert outcome.code == code
+    assert elapsed < BUDGET_S + SLACK_S
+    if until_the_deadline:
+        assert "in time" in outcome.message
+        assert elapsed >= BUDGET_S * 0.9  # the deadline ended it, nothing else
+    stats = sim.stats()
+    assert (stats["signins"], stats["signouts"], stats["open_sessions"]) == (1, 1, 0)
+    assert bounded.failed_signouts == 0
+
+
+def test_sign_in_headers_trickled_past_the_budget_end_in_time_without_a_session_to_sign_out(
+    sim, bounded
+):
+    sim.set_mode(trickle_ms=100, trickle_on=["signin"], trickle_headers=True)
+    outcome, elapsed = timed_snapshot(bounded, access(sim))
+    assert isinstance(outcome, FaceIdError) and outcome.code == "device_unreachable"
+    assert "did not answer the sign-in in time" in outcome.message
+    assert BUDGET_S * 0.9 <= elapsed < BUDGET_S + SLACK_S
+    # Its cookie never arrived: the one session nobody but a device restart ends
+    # (docs/security.md, Known limits).
+    assert sim.stats()["signouts"] == 0
+    assert sim.drop_sessions() == 1
+
+
+@pytest.mark.parametrize(
+    ("switches", "fails"),
+    [
+        pytest.param(
+            {"trickle_ms": 100, "trickle_on": ["signout"], "trickle_headers": True},
+            True,
+            id="headers-a-byte-every-100ms",
+        ),
+        pytest.param(
+            {"trickle_ms": 400, "trickle_on": ["signout"]}, True, id="body-a-byte-every-400ms"
+        ),
+        pytest.param({"endless_on": ["signout"]}, True, id="endless-body"),
+        pytest.param({"huge_on": ["signout"]}, False, id="huge-body-after-a-200"),
+    ],
+)
+def test_a_sign_out_however_answered_ends_within_its_own_budget(sim, bounded, switches, fails):
+    sim.set_mode(**switches)
+    outcome, elapsed = timed_snapshot(bounded, access(sim))
+    assert isinstance(outcome, Snapshot) and outcome.jpeg == FRAME
+    assert outcome.signout_ms / 1000 < SIGNOUT_BUDGET_S + SLACK_S
+    assert elapsed < SIGNOUT_BUDGET_S + SLACK_S
+    assert bounded.failed_signouts == int(fails)
+    assert sim.stats()["open_sessions"] == 0  # the device signs out before it answers
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(500, "device_unreachable"), (401, "device_auth_failed")]
+)
+def test_a_failed_sign_in_that_sets_a_cookie_is_still_signed_out(sim, client, status, code):
+    sim.set_mode(signin_status=status)
+    error = failure(client, access(sim))
+    assert error.code == code and f"HTTP {status}" in error.message
+    stats = sim.stats()
+    assert (stats["signins"], stats["signouts"], stats["open_sessions"]) == (1, 1, 0)
+    assert client.failed_signouts == 0
+
+
+def test_a_session_cookie_the_cookie_policy_refuses_is_still_used_and_signed_out(sim, client):
+    sim.set_mode(cookie_attrs="Domain=elsewhere.invalid")
+    raw = requests.Session()
+    raw.trust_env = False
+    form = {"username": "admin", "password": PASSWORD}
+    answer = raw.post(f"{sim.url}{SIGNIN_PATH}", data=form, verify=sim.ca_pem_path)
+    assert answer.status_code == 200 and "Set-Cookie" in answer.headers
+    assert not answer.cookies, "requests' cookie jar should refuse a cookie for another domain"
+    assert sim.drop_sessions() == 1
+    raw.close()
+    assert client.snapshot(access(sim)).jpeg == FRAME
+    stats = sim.stats()
+    assert (stats["signins"], stats["signouts"], stats["open_sessions"]) == (2, 1, 0)
 
 
 def test_down_device_is_unreachable_also_on_a_pooled_connection(sim, client):

@@ -37,9 +37,9 @@ from faceverify.errors import FaceIdError
 from PIL import Image
 
 from connector.app import create_app
-from connector.config import load_config
+from connector.config import DeviceDefaults, load_config
 from connector.device import SIGNIN_PATH, SIGNOUT_PATH
-from connector.runtime import DEVICE_BUDGET_S, SIGNOUT_BUDGET_S, build_runtime
+from connector.runtime import SIGNOUT_BUDGET_S, build_runtime
 from connector.simulator import DeviceSimulator
 from demo.macro_client import authorization, body_bytes
 from demo.photos import write_frames
@@ -69,6 +69,7 @@ from tests.samples import b64, grace_hopper_jpeg
 pytestmark = pytest.mark.slow
 
 GRACE = "Grace Hopper"
+DEVICE_BUDGET_S = DeviceDefaults().budget_s  # the stack's configuration leaves the default
 UPSTREAM_TIMEOUT_S = 1.0  # the function's deadline
 FUNCTION_TIMEOUT_S = 2.0  # the connector's function.timeout_s: longer, so the function's own
 # errors (Secret Manager, MXFace) reach the connector before it stops waiting

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+from faceverify.config import load_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +101,20 @@ def test_wrong_fields_are_bad_request(client, fake, fields):
 def test_non_finite_threshold_is_bad_request(client, fake, literal):
     raw = json.dumps(GOOD)[:-1] + f', "threshold": {literal}}}'
     assert_refused(client.post("/", data=raw, content_type="application/json"), 400, "bad_request")
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, 1e-9, 30, 59.99])
+def test_a_threshold_under_the_engines_floor_is_bad_request_naming_it(client, fake, threshold):
+    """In range but lax enough to let impostors in (0 would accept anyone): refused, unasked."""
+    response = client.post("/", json=with_fields(threshold=threshold))
+    assert_refused(response, 400, "bad_request")
+    assert "at least 60, the mxface engine's floor" in response.json["error"]["message"]
+    assert fake.count() == 0
+
+
+def test_a_threshold_at_the_floor_is_compared(client, fake):
+    assert client.post("/", json=with_fields(threshold=60)).json["threshold"] == 60
+    assert fake.count() == 1
 
 
 def test_data_url_prefix_is_tolerated(client):
@@ -210,6 +225,10 @@ def test_body_of_exactly_the_limit_is_read(client, monkeypatch):
         ("UPSTREAM_TIMEOUT_S", "soon"),
         ("UPSTREAM_TIMEOUT_S", "0"),
         ("MXFACE_MIN_CONFIDENCE", "101"),
+        ("MXFACE_MIN_CONFIDENCE", "0"),
+        ("MXFACE_MIN_CONFIDENCE", "59.5"),
+        ("LOCAL_MATCH_THRESHOLD", "0"),
+        ("LOCAL_MATCH_THRESHOLD", "0.39"),
         ("MAX_REQUEST_BYTES", "1.5"),
         ("MXFACE_API_URL", "ftp://faceapi.example/verify"),
     ],
@@ -220,6 +239,24 @@ def test_bad_setting_is_config_error_naming_it(client, fake, monkeypatch, name, 
     assert_refused(response, 500, "config_error")
     assert name in response.json["error"]["message"]
     assert fake.key not in response.json["error"]["message"]
+
+
+def test_every_bad_setting_is_named_in_one_message(client, fake, monkeypatch):
+    bad = {"FACE_ENGINE": "magic", "UPSTREAM_TIMEOUT_S": "soon", "LOCAL_MATCH_THRESHOLD": "0.1"}
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    response = client.post("/", json=GOOD)
+    assert_refused(response, 500, "config_error")
+    message = response.json["error"]["message"]
+    assert message.startswith("3 bad settings: ")
+    assert all(name in message for name in bad), message
+    assert "at least 0.4, the local engine's floor" in message
+    assert fake.count() == 0
+
+
+def test_a_threshold_setting_at_its_floor_is_taken():
+    taken = load_settings({"LOCAL_MATCH_THRESHOLD": "0.4", "MXFACE_MIN_CONFIDENCE": "60"})
+    assert (taken.local_match_threshold, taken.mxface_min_confidence) == (0.4, 60.0)
 
 
 # -- nothing crashes ---------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from faceverify.errors import FaceIdError
 
+from connector.config import FunctionConfig
+from connector.relay import FunctionClient
 from tests.fakes.mxface import (
     DETECT_PATH,
     VERIFY_PATH,
@@ -85,6 +88,7 @@ def sm(fakes):
 def http():
     with requests.Session() as session:
         session.trust_env = False
+        session.headers["Connection"] = "close"  # no kept-alive connection to lose by chance
         yield session
 
 
@@ -107,6 +111,22 @@ def test_same_face_matches_and_other_face_does_not(post, mx):
     body = post(SAME, headers=trace).json()
     assert (body["verdict"], body["matched_id"], body["engine"]) == ("match", "alice", "mxface")
     assert post(OTHER).json()["verdict"] == "no_match"
+
+
+def test_the_connector_fails_closed_on_a_threshold_under_the_floor(function, mx):
+    """policy.threshold = 30 passes the connector's own check (above 0); this function's engine
+    refuses it (400), and the connector's client turns that into config_error, never a verdict."""
+    client = FunctionClient(FunctionConfig(url=function.url, auth="none", audience=function.url))
+    try:
+        with pytest.raises(FaceIdError) as refused:
+            client.verify(ALICE, [("r0", ALICE)], threshold=30)
+        floor = "'threshold' must be at least 60, the mxface engine's floor"
+        assert refused.value.code == "config_error"
+        assert f"refused policy.threshold = 30: {floor}" in refused.value.message
+        assert mx.count() == 0
+        assert client.verify(ALICE, [("r0", ALICE)], threshold=60).verdict == "match"
+    finally:
+        client.close()
 
 
 def test_several_faces_in_the_probe(post, mx):
@@ -248,6 +268,24 @@ def test_rotated_secret_is_picked_up_after_one_refusal(post, mx, sm, monkeypatch
     assert_refused(post(SAME), 500, "config_error")
     assert post(SAME).json()["verdict"] == "match"
     assert mx.requests[-1].headers["subscriptionkey"] == new_key
+
+
+# -- start-up --------------------------------------------------------------------------------------
+
+
+def test_bad_settings_stop_start_up_naming_every_one():
+    """functions-framework imports main.py before it serves: two bad variables end the process
+    (status 1) with one message naming both, no traceback, and no server ever answers."""
+    key = secrets.token_urlsafe(24)
+    KEYS.append(key)
+    env = {"FACE_ENGINE": "magic", "MXFACE_MIN_CONFIDENCE": "0", "MXFACE_KEY": key}
+    with pytest.raises(RuntimeError) as failed:
+        start_function("verify_faces", "function/main.py", env, timeout_s=60)
+    output = str(failed.value)
+    assert "exited with 1 before answering" in output
+    assert "refusing to start: 2 bad settings: FACE_ENGINE must be one of local, mxface" in output
+    assert "MXFACE_MIN_CONFIDENCE must be at least 60, the mxface engine's floor" in output
+    assert "Traceback" not in output and key not in output
 
 
 # -- what the process printed (keep last: it reads the output of the whole run) -------------------

@@ -332,6 +332,9 @@ def api(stack) -> Iterator[Api]:
         for session, ca in ((connector, str(stack.ca_path)), (device, stack.devices[0].ca_path)):
             session.trust_env = False
             session.verify = ca
+            # No reuse: a kept-alive connection the server closes just as it is reused would
+            # fail an example by chance (RemoteDisconnected), not for what it sent.
+            session.headers["Connection"] = "close"
         yield Api(stack, connector, device)
 
 

@@ -95,6 +95,7 @@ def local_fn():
 def http():
     with requests.Session() as session:
         session.trust_env = False
+        session.headers["Connection"] = "close"  # no kept-alive connection to lose by chance
         yield session
 
 
@@ -205,12 +206,12 @@ not_a_string = json_values.filter(lambda v: not isinstance(v, str))
 
 
 def usable_threshold(value: Any) -> bool:
-    """The documented range for the MXFace engine (0-100), or absent (null)."""
+    """The documented range for the MXFace engine (its floor 60 to 100), or absent (null)."""
     if value is None:
         return True
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return (isinstance(value, int) or math.isfinite(value)) and 0 <= value <= 100
+    return (isinstance(value, int) or math.isfinite(value)) and 60 <= value <= 100
 
 
 WRONG_TYPES: dict[tuple[str | int, ...], st.SearchStrategy] = {
@@ -240,6 +241,8 @@ def test_a_wrong_type_in_any_field_of_a_matching_request_is_bad_request(
 bad_thresholds = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, 10**400, -(10**400), True, False]),
     st.floats(max_value=-1e-300),
+    st.floats(min_value=0.0, max_value=60.0, exclude_max=True),  # under the floor
+    st.integers(0, 59),
     st.floats(min_value=100.0, exclude_min=True),
     st.integers(max_value=-1),
     st.integers(min_value=101),
@@ -252,6 +255,8 @@ bad_thresholds = st.one_of(
 @fuzz(80)
 @given(threshold=bad_thresholds)
 @example(threshold="60")
+@example(threshold=0)
+@example(threshold=59.999)
 def test_a_threshold_that_is_not_a_number_in_range_is_bad_request(http, mxface_fn, fake, threshold):
     assert not usable_threshold(threshold)
     body = with_value(GOOD, ("threshold",), threshold)

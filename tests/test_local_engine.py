@@ -426,6 +426,19 @@ def test_http_threshold_outside_zero_to_one_is_bad_request(client):
     assert answer.status_code == 400 and answer.json["error"]["code"] == "bad_request"
 
 
+@pytest.mark.parametrize("threshold", [0, 0.2, 0.399])
+def test_http_threshold_under_the_floor_is_bad_request_naming_it(client, threshold):
+    """Refused before any comparison: 0 would match anyone, 0.2 a fifth of the impostor
+    pairs of docs/accuracy.md. At the floor the same photo is compared (and matches)."""
+    image = jpeg_b64(grace())
+    body = {"probe": image, "references": [{"id": "g", "image": image}], "threshold": threshold}
+    answer = client.post("/", json=body)
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "bad_request"
+    assert "at least 0.4, the local engine's floor" in answer.json["error"]["message"]
+    body["threshold"] = 0.4
+    assert client.post("/", json=body).json["verdict"] == "match"
+
+
 # -- accuracy on the shared photos ---------------------------------------------------------
 def test_accuracy_targets_hold_on_the_shared_faces_at_the_default_threshold(tmp_path):
     if not FACES.is_dir():

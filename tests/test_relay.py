@@ -314,6 +314,40 @@ def test_function_errors_map_to_connector_codes(function, plain_client, reply, c
     assert error.code == code and message_part in error.message
 
 
+FLOOR = (
+    "'threshold' must be at least 0.4, the local engine's floor (a lower threshold accepts "
+    "impostors)"
+)
+
+
+def bad_request(message: str) -> Reply:
+    return json_reply({"error": {"code": "bad_request", "message": message}}, 400)
+
+
+def test_a_refused_threshold_is_a_config_error_naming_the_setting_and_the_floor(
+    function, plain_client
+):
+    """Fails closed as the connector's misconfiguration (no one's failed attempt), not a bug."""
+    function.reply = lambda *_: bad_request(FLOOR)
+    error = error_of(lambda: plain_client.verify(PROBE, REFS, threshold=0.1))
+    assert (error.status, error.code) == (500, "config_error")
+    assert error.message.startswith(
+        f"The comparison service refused policy.threshold = 0.1: {FLOOR}"
+    )
+
+
+def test_another_refusal_is_an_internal_error_in_the_functions_words(function, plain_client):
+    said = "'references' must be a list of 1 to 10 items"
+    function.reply = lambda *_: bad_request(said + "\x1b[2J" + "x" * 1000)
+    for threshold in (None, 0.6):
+        error = error_of(lambda t=threshold: plain_client.verify(PROBE, REFS, threshold=t))
+        assert error.code == "internal_error"
+        assert f"(HTTP 400, bad_request: {said}[2J" in error.message  # printable, bounded
+        assert "\x1b" not in error.message and len(error.message) < 400
+    function.reply = lambda *_: bad_request(FLOOR)  # a threshold the connector did not send
+    assert error_of(lambda: plain_client.verify(PROBE, REFS)).code == "internal_error"
+
+
 def test_rate_limit_carries_retry_after(function, plain_client):
     function.reply = lambda *_: function_error(429, "rate_limited", {"Retry-After": "7"})
     assert error_of(lambda: plain_client.verify(PROBE, REFS)).retry_after == 7

@@ -154,6 +154,39 @@ def test_control_endpoint_switches_modes_at_run_time(sim, browser):
     assert reset.status_code == 200 and sim.stats()["signins"] == 0
 
 
+def test_transport_faults_are_switched_through_the_control_endpoint(sim, browser):
+    token = sim.control_token
+    faults = {
+        "trickle_ms": 10,
+        "trickle_on": ["signin"],
+        "trickle_headers": True,
+        "endless_on": ["snapshot"],
+        "huge_on": ["signout"],
+        "signin_status": 500,
+        "cookie_attrs": "Domain=elsewhere.invalid",
+    }
+    switched = browser.control("POST", "/_sim/control", token, json=faults)
+    assert (
+        switched.status_code == 200 and switched.json()["mode"] | faults == switched.json()["mode"]
+    )
+    started = time.monotonic()
+    refused = browser.sign_in()  # 500, its status line and headers a byte every 10 ms
+    assert (
+        refused.status_code == 500 and "Domain=elsewhere.invalid" in refused.headers["Set-Cookie"]
+    )
+    assert time.monotonic() - started > 100 * 0.01  # well over 100 bytes of head
+    assert sim.stats()["open_sessions"] == 1 and sim.drop_sessions() == 1
+    for bad in (
+        {"trickle_on": ["elsewhere"]},
+        {"trickle_ms": -1},
+        {"signin_status": "500"},
+        {"signin_status": 99},
+        {"cookie_attrs": "a\r\nSet-Cookie: b=c"},
+        {"trickle_headers": 1},
+    ):
+        assert browser.control("POST", "/_sim/control", token, json=bad).status_code == 400
+
+
 def test_folder_images_cycle_png_is_served_as_jpeg_and_size_pads_to_camera_frame(tmp_path):
     (tmp_path / "a.png").write_bytes(image_bytes("PNG", (255, 0, 0)))
     (tmp_path / "b.jpg").write_bytes(image_bytes("JPEG", (0, 0, 255)))

@@ -296,6 +296,90 @@ def test_removing_a_person_removes_their_photos_and_session(store):
     assert not store.is_unlocked(SERIAL, 600)
 
 
+NAME = "Ada Quuxbridge-Lovelace"  # a name nothing else in the files could contain
+
+
+def sealed_photos(path: str, person: str) -> list[bytes]:
+    """The ciphertexts of `person`'s photos, as the table holds them."""
+    conn = sqlite3.connect(path)
+    try:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT r.ciphertext FROM reference_images r "
+                "JOIN people p ON p.id = r.person_id WHERE p.name = ?",
+                (person,),
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def found_on_disk(path: str, secrets: list[bytes]) -> list[bytes]:
+    """Those of `secrets` whose bytes are in the database or its -wal file: the whole of a short
+    one, or any 48-byte piece of a long one (a photo spans overflow pages, each headed by a
+    pointer, so it never lies there in one piece)."""
+    data = b""
+    for suffix in ("", "-wal"):
+        if os.path.exists(path + suffix):
+            with open(path + suffix, "rb") as f:
+                data += f.read()
+    pieces = {s: [s[i : i + 48] for i in range(0, max(len(s) - 47, 1), 48)] for s in secrets}
+    return [s for s in secrets if any(piece in data for piece in pieces[s])]
+
+
+def enroll_to_remove(store: Store, path: str) -> list[bytes]:
+    """NAME with two real photos, and Bob, who stays; returns what must go with NAME."""
+    store.add_reference(SERIAL, NAME, grace_hopper_jpeg())
+    store.add_reference(SERIAL, NAME, astronaut_jpeg())
+    store.add_reference("OTHER", "Bob", photo(1))
+    secrets = [*sealed_photos(path, NAME), NAME.encode()]
+    assert len(secrets) == 3 and found_on_disk(path, secrets) == secrets  # the scan sees them
+    return secrets
+
+
+@pytest.mark.parametrize("removal", ["remove_person", "remove_device"])
+def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(store, path, removal):
+    secrets = enroll_to_remove(store, path)
+    if removal == "remove_person":
+        assert store.remove_person(SERIAL, NAME) is True
+    else:
+        assert store.remove_device(SERIAL) == 1
+    assert os.path.getsize(path + "-wal") == 0
+    assert found_on_disk(path, secrets) == []
+    assert store.references_for("OTHER") == [("Bob", photo(1))]
+
+
+def test_without_the_checkpoint_the_wal_still_holds_the_removed_person(store, path, monkeypatch):
+    """What the test above guards against: secure_delete zeroes the deleted rows in the newest
+    pages, but the -wal file keeps the frames written before, photos and name in them."""
+    secrets = enroll_to_remove(store, path)
+    monkeypatch.setattr(Store, "empty_wal", lambda self, after: True)
+    assert store.remove_person(SERIAL, NAME) is True
+    assert store.people(SERIAL) == []
+    assert found_on_disk(path, secrets) == secrets
+    monkeypatch.undo()
+    assert store.empty_wal("the test") is True
+    assert found_on_disk(path, secrets) == []
+
+
+def test_a_reader_keeping_the_wal_busy_is_reported_and_the_removal_stands(store, path, capsys):
+    secrets = enroll_to_remove(store, path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot from before
+        started = time.monotonic()
+        assert store.remove_person(SERIAL, NAME) is True
+        assert time.monotonic() - started < 3  # a few short tries, not the 5 s busy timeout each
+    finally:
+        reader.close()
+    assert "could not empty the store's write-ahead log (busy)" in capsys.readouterr().out
+    assert store.people(SERIAL) == []
+    assert store.empty_wal("the reader left") is True
+    assert found_on_disk(path, secrets) == []
+
+
 def test_removing_a_device_forgets_it_but_keeps_its_audit(store):
     store.add_reference(SERIAL, "Alice", photo(1))
     store.add_reference("OTHER", "Carol", photo(2))

@@ -6,12 +6,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import config_error
+from .errors import FaceIdError, config_error
+from .logs import log
 
 MXFACE_VERIFY_URL = "https://faceapi.mxface.ai/api/v3/face/verify"
 ENGINES = ("local", "mxface")
 #: Chosen on the shared face photos (docs/accuracy.md): no impostor pair reaches it, with margin.
 LOCAL_THRESHOLD = 0.50
+#: The lowest threshold each engine takes (setting or request), in its own scale. local: dlib's
+#: own decision point (descriptor distance 0.6); under it a lower threshold turns away almost no
+#: genuine face less and accepts ever more impostors (docs/accuracy.md). mxface: MXFace calls a
+#: pair a match only above 60 (`matchResult`); our own check must not be laxer than theirs.
+THRESHOLD_FLOORS = {"local": 0.40, "mxface": 60.0}
+#: The top of each engine's score scale (a similarity: higher is more alike).
+SCORE_TOPS = {"local": 1.0, "mxface": 100.0}
+
+
+def under_floor(what: str, engine: str) -> str:
+    """The one wording of "this threshold would let impostors in", for settings and requests."""
+    return (
+        f"{what} must be at least {THRESHOLD_FLOORS[engine]:g}, the {engine} engine's floor "
+        "(a lower threshold accepts impostors)"
+    )
 
 
 @dataclass(frozen=True)
@@ -39,47 +55,87 @@ class Settings:
         return base.rsplit("/", 1)[0] + "/detect"
 
 
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise config_error(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise config_error(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
+class _Variables:
+    """The environment being read. A bad variable is noted and reads as its default, so that
+    one message names every problem: a deployment is fixed in one go, not one retry each."""
 
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    value = _number(env, name, default, low, high)
-    if value != int(value):
-        raise config_error(f"{name} must be a whole number")
-    return int(value)
+    def bad(self, message: str) -> None:
+        self.problems.append(message)
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.bad(f"{name} must be a number, got {raw!r}")
+            return default
+        if not low <= value <= high:  # NaN too
+            self.bad(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+            return default
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.number(name, default, low, high)
+        if value != int(value):
+            self.bad(f"{name} must be a whole number")
+            return default
+        return int(value)
+
+    def threshold(self, name: str, default: float, engine: str) -> float:
+        value = self.number(name, default, 0.0, SCORE_TOPS[engine])
+        if value < THRESHOLD_FLOORS[engine]:
+            self.bad(f"{under_floor(name, engine)}, got {self.env[name]!r}")
+            return default
+        return value
+
+    def text(self, name: str) -> str | None:
+        return (self.env.get(name) or "").strip() or None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and check every variable; raises FaceIdError(config_error) naming the bad one."""
+    """Read and check every variable; raises FaceIdError(config_error) naming every bad one."""
     env = os.environ if env is None else env
+    read = _Variables(env)
     engine = (env.get("FACE_ENGINE") or "local").strip().lower()
     if engine not in ENGINES:
-        raise config_error(f"FACE_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+        read.bad(f"FACE_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+        engine = "local"
     url = (env.get("MXFACE_API_URL") or MXFACE_VERIFY_URL).strip()
     if not url.startswith(("https://", "http://")):
-        raise config_error("MXFACE_API_URL must be an http(s) URL")
-    return Settings(
+        read.bad("MXFACE_API_URL must be an http(s) URL")
+    settings = Settings(
         engine=engine,
-        max_request_bytes=_integer(env, "MAX_REQUEST_BYTES", 10 * 1024 * 1024, 1024, 32 * 1024**2),
-        max_image_pixels=_integer(env, "MAX_IMAGE_PIXELS", 16_000_000, 10_000, 200_000_000),
-        upstream_timeout_s=_number(env, "UPSTREAM_TIMEOUT_S", 10.0, 0.1, 60.0),
+        max_request_bytes=read.integer("MAX_REQUEST_BYTES", 10 * 1024 * 1024, 1024, 32 * 1024**2),
+        max_image_pixels=read.integer("MAX_IMAGE_PIXELS", 16_000_000, 10_000, 200_000_000),
+        upstream_timeout_s=read.number("UPSTREAM_TIMEOUT_S", 10.0, 0.1, 60.0),
         mxface_api_url=url,
-        mxface_min_confidence=_number(env, "MXFACE_MIN_CONFIDENCE", 60.0, 0.0, 100.0),
-        mxface_key=(env.get("MXFACE_KEY") or "").strip() or None,
-        mxface_key_secret=(env.get("MXFACE_KEY_SECRET") or "").strip() or None,
-        local_match_threshold=_number(env, "LOCAL_MATCH_THRESHOLD", LOCAL_THRESHOLD, 0.0, 1.0),
-        min_face_px=_integer(env, "MIN_FACE_PX", 80, 1, 4096),
-        dark_mean_level=_number(env, "DARK_MEAN_LEVEL", 30.0, 0.0, 255.0),
-        detect_max_side=_integer(env, "DETECT_MAX_SIDE", 800, 160, 4096),
-        descriptor_cache_size=_integer(env, "DESCRIPTOR_CACHE_SIZE", 256, 0, 100_000),
+        mxface_min_confidence=read.threshold("MXFACE_MIN_CONFIDENCE", 60.0, "mxface"),
+        mxface_key=read.text("MXFACE_KEY"),
+        mxface_key_secret=read.text("MXFACE_KEY_SECRET"),
+        local_match_threshold=read.threshold("LOCAL_MATCH_THRESHOLD", LOCAL_THRESHOLD, "local"),
+        min_face_px=read.integer("MIN_FACE_PX", 80, 1, 4096),
+        dark_mean_level=read.number("DARK_MEAN_LEVEL", 30.0, 0.0, 255.0),
+        detect_max_side=read.integer("DETECT_MAX_SIDE", 800, 160, 4096),
+        descriptor_cache_size=read.integer("DESCRIPTOR_CACHE_SIZE", 256, 0, 100_000),
     )
+    if len(read.problems) == 1:
+        raise config_error(read.problems[0])
+    if read.problems:
+        raise config_error(f"{len(read.problems)} bad settings: " + "; ".join(read.problems))
+    return settings
+
+
+def refuse_bad_settings() -> None:
+    """Start-up's check: a bad variable is logged (Cloud Run keeps stdout) and ends the process
+    with a non-zero status and the same message on stderr, before any server comes up."""
+    try:
+        load_settings()
+    except FaceIdError as error:
+        log("CRITICAL", f"refusing to start: {error.message}", code=error.code)
+        raise SystemExit(f"faceverify: refusing to start: {error.message}") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 import flask
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, under_floor
 from .engines import Comparison, Deadline, Engine, Reference, get_engine
 from .errors import FaceIdError, bad_request, too_large
 from .images import EncodedImage, check_pixels, parse_image
@@ -88,6 +88,8 @@ def _threshold(body: dict[str, Any], engine: Engine) -> float:
         raise bad_request("'threshold' must be a finite number")
     if not low <= value <= high:
         raise bad_request(f"'threshold' must be between {low:g} and {high:g} for this engine")
+    if value < engine.threshold_floor:  # 0 would accept anyone at all
+        raise bad_request(under_floor("'threshold'", engine.name))
     return float(value)
 
 

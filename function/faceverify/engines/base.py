@@ -68,6 +68,8 @@ class Engine(Protocol):
     name: str
     #: (low, high) of this engine's score and threshold scale; higher scores are more alike.
     score_range: tuple[float, float]
+    #: The lowest threshold it takes: under it, impostors are accepted (config.THRESHOLD_FLOORS).
+    threshold_floor: float
 
     def default_threshold(self) -> float: ...
 

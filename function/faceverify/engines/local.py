@@ -21,7 +21,7 @@ import dlib
 import numpy as np
 from PIL import Image
 
-from ..config import Settings
+from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
 from ..errors import (
     FaceIdError,
     config_error,
@@ -159,7 +159,8 @@ def _scaled(rect: dlib.rectangle, factor: float) -> dlib.rectangle:
 
 class LocalEngine:
     name = "local"
-    score_range = (0.0, 1.0)
+    score_range = (0.0, SCORE_TOPS["local"])
+    threshold_floor = THRESHOLD_FLOORS["local"]
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

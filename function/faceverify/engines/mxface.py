@@ -13,7 +13,7 @@ import certifi
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ProtocolError, ReadTimeoutError
 
-from ..config import Settings
+from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
 from ..errors import (
     FaceIdError,
     config_error,
@@ -98,7 +98,8 @@ def _malformed(what: str) -> FaceIdError:
 
 class MXFaceEngine:
     name = "mxface"
-    score_range = (0.0, 100.0)
+    score_range = (0.0, SCORE_TOPS["mxface"])
+    threshold_floor = THRESHOLD_FLOORS["mxface"]
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
