@@ -612,6 +612,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers:
             self.send_header(name, value)
+        if self.close_connection:  # as a real server says so when the client asked to close
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 

@@ -253,6 +253,16 @@ def refusal(response: requests.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["code"]
 
 
+def fresh(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+    """One request on a new connection, closed after it: a kept-alive connection that the server
+    closes just as it is reused would fail an example by chance (RemoteDisconnected), not for
+    what it sent. (The session keeps its settings; only its pooled connections go.)"""
+    try:
+        return session.request(method, url, **kwargs)
+    finally:
+        session.close()
+
+
 class Api:
     """The connector's macro API as a macro reaches it, and the device's own request count
     beside it (read twice per example, so over one kept-alive connection)."""
@@ -292,12 +302,16 @@ class Api:
         signed = self.authorization(credentials, method, path, raw)
         headers = {"Content-Type": "application/json", **signed, **(headers or {})}
         url = self.stack.connector_url + path
-        return self._connector.request(method, url, data=raw, headers=headers, timeout=30)
+        return fresh(self._connector, method, url, data=raw, headers=headers, timeout=30)
 
     def device_requests(self) -> int:
         device = self.stack.devices[0]
-        answer = self._device.get(
-            f"{device.url}/_sim/stats", headers={"X-Sim-Control": device.control_token}, timeout=10
+        answer = fresh(
+            self._device,
+            "GET",
+            f"{device.url}/_sim/stats",
+            headers={"X-Sim-Control": device.control_token},
+            timeout=10,
         )
         answer.raise_for_status()
         return int(answer.json()["device_requests"])
@@ -332,9 +346,6 @@ def api(stack) -> Iterator[Api]:
         for session, ca in ((connector, str(stack.ca_path)), (device, stack.devices[0].ca_path)):
             session.trust_env = False
             session.verify = ca
-            # No reuse: a kept-alive connection the server closes just as it is reused would
-            # fail an example by chance (RemoteDisconnected), not for what it sent.
-            session.headers["Connection"] = "close"
         yield Api(stack, connector, device)
 
 
