@@ -1,6 +1,7 @@
 """Enrollment, bound to identity. At the device: the first person at a device nobody is enrolled
 on (policy.self_enroll = "first"), or the person whose match opened the current unlocked session,
-adding a photo of their own face to their own name. Everyone else is added by an administrator.
+adding one photo of their own face (it must match their anchor, the first photo kept of them) to
+their own name, once per unlock. Everyone else is added by an administrator.
 
 Every photo kept is a crop of the one face of its picture, checked exactly as verification will
 use it (the function verifies the crop against itself), so a stored reference always works."""
@@ -83,14 +84,14 @@ def usable_crop(rt: Runtime, jpeg: bytes, request_id: str) -> bytes:
 
 
 def held_to(rt: Runtime, serial: str, person: str, crop: bytes, request_id: str) -> None:
-    """A new photo of `person` must match their photos already kept (score at the threshold)."""
-    kept = rt.store.references_of(serial, person)
-    refs = [(f"r{i}", image) for i, (_, image) in enumerate(kept[:10])]
-    if not refs:
+    """A new photo of `person` must match their anchor, the first photo kept of them (score at
+    the threshold): not merely the last update, which a chain of morphs could walk away."""
+    anchor = rt.store.anchor_of(serial, person)
+    if anchor is None:
         raise refusal("new_person_needs_admin", f"{person!r} has no photo to compare with")
     try:
         result = rt.function.verify(
-            crop, refs, trace=request_id, threshold=rt.config.policy.threshold
+            crop, [("anchor", anchor)], trace=request_id, threshold=rt.config.policy.threshold
         )
     except ReferenceUnusable:
         result = None
@@ -173,6 +174,8 @@ def _at_device(rt: Runtime, device: Device, person: str, request_id: str) -> str
     session = rt.store.unlocked_session(device.serial, policy.unlock_ttl_s)
     if session is None:
         raise refusal("locked", "No unlocked session on this device")
+    if policy.max_references_per_person < 2:
+        raise refusal("too_many_references", "One photo per person: only the first is kept")
     wanted = name_key(person)
     if wanted != name_key(session.person):
         taken = any(name_key(p.name) == wanted for p in people)
@@ -180,7 +183,7 @@ def _at_device(rt: Runtime, device: Device, person: str, request_id: str) -> str
         raise refusal(code, f"{person!r} is not the person who unlocked the screen")
     snapshot = rt.device_client.snapshot(device.access)
     try:
-        return enroll_image(
+        kept = enroll_image(
             rt, device.serial, session.person, snapshot.jpeg, request_id,
             only_if_empty=False, session=session,
         )  # fmt: skip
@@ -188,6 +191,8 @@ def _at_device(rt: Runtime, device: Device, person: str, request_id: str) -> str
         if exc.code == "not_you":  # someone else is at the camera: the session is over
             rt.store.end_unlocked(device.serial)
         raise
+    rt.store.end_unlocked(device.serial)  # one update per unlock
+    return kept
 
 
 def enroll(rt: Runtime, device: Device, person: str, request_id: str) -> EnrollOutcome:

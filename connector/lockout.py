@@ -51,10 +51,15 @@ class Lockout:
             until = max(state.locked_until, now + locked_for) if locked_for else state.locked_until
             return LockoutState(failures, until)
 
-        return self._store.begin_attempt(serial, failed, lease_s=lease_s, now=now)
+        return self._store.begin_attempt(
+            serial, failed, lease_s=lease_s, max_wait_s=self._policy.lockout_max_s, now=now
+        )
 
-    def finish(self, serial: str, result: str, person: str | None = None) -> int:
-        """Settle a begun attempt ("match", "failure" or "neutral"); returns the lockout a
-        failure started, in seconds (0 if none)."""
-        state = self._store.finish_attempt(serial, result, person=person, now=self._clock())
+    def finish(self, serial: str, gate: Gate, result: str, person: str | None = None) -> int:
+        """Settle the attempt `gate` let go ("match", "failure" or "neutral"); returns the
+        lockout a failure started, in seconds (0 if none)."""
+        assert gate.token is not None
+        state = self._store.finish_attempt(
+            serial, gate.token, result, person=person, now=self._clock()
+        )
         return lock_seconds(state.failures, self._policy) if result == "failure" else 0

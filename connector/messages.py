@@ -21,6 +21,7 @@ SCREEN_MESSAGES: dict[str, str] = {
     "internal_error": "Face login failed unexpectedly. Try again or contact support.",
     "locked": "Unlock the device with your face first, then update your photo.",
     "busy": "Someone is already logging in on this device. Try again in a moment.",
+    "comparison_incomplete": "Face not recognised. The screen stays locked.",
     "reference_unusable": "Face login could not use a stored photo. Your administrator is told.",
     "not_you": "Only the person who unlocked the screen can update their photo. Nothing was saved.",
     "new_person_needs_admin": "New people are added by an administrator. Nothing was saved.",

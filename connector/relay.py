@@ -336,6 +336,12 @@ def _status_error(
             "internal_error",
             f"The comparison service refused the connector's request (HTTP {status}{detail})",
         )
+    if code == "comparison_incomplete":
+        return FaceIdError(
+            502,
+            code,
+            "Some comparisons did not match and the others failed: not a match, and it counts",
+        )
     if code == "config_error":
         return engine_unavailable("The comparison service is misconfigured")
     if status == 504 or code == "upstream_timeout":

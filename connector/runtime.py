@@ -72,7 +72,8 @@ class Runtime:
     def device_key(self, serial: str) -> bytes | None:
         """Only configured devices have a key; read from the store on each request, so that
         `admin rotate-key` takes effect at once."""
-        return self.store.device_key(serial) if serial in self.devices else None
+        key = self.store.device_key(serial)  # looked up for an unknown serial too: same work
+        return key if serial in self.devices else None
 
     def log(self, severity: str, message: str, **fields: Any) -> None:
         log(severity, message, component="connector", **fields)

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS device_keys (
 );
 CREATE TABLE IF NOT EXISTS attempts (
     serial TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
     lease_until REAL NOT NULL,
     prior_failures INTEGER NOT NULL,
     prior_locked_until REAL NOT NULL
@@ -170,11 +171,12 @@ class DeviceWebSession:
 
 
 class Gate(NamedTuple):
-    """What begin_attempt decided: "go" (the attempt holds the device), "busy" (another attempt
-    does) or "locked_out"; `state` is the lockout as it now stands."""
+    """What begin_attempt decided: "go" (the attempt holds the device, `token` names its hold),
+    "busy" (another attempt does) or "locked_out"; `state` is the lockout as it now stands."""
 
     decision: str
     state: LockoutState
+    token: str | None = None
 
 
 def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
@@ -248,6 +250,10 @@ class Store:
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise config_error(f"the store {self.path} cannot use WAL mode (network filesystem?)")
         with self._write() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
+            if columns and "token" not in columns:
+                # Leases of attempts in flight only, from a development build: safe to drop.
+                conn.execute("DROP TABLE attempts")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -492,11 +498,16 @@ class Store:
                 "UPDATE reference_images SET nonce = ?, ciphertext = ? WHERE id = ?",
                 (nonce, sealed, ref_id),
             )
+            # The person's first photo (an administrator's, or the first enrollment's) is their
+            # anchor and is never dropped: updates replace only the others, so no chain of
+            # updates can walk a person's photos away from their own face.
             dropped = conn.execute(
                 "DELETE FROM reference_images WHERE person_id = ? AND id NOT IN "
                 "(SELECT id FROM reference_images WHERE person_id = ? "
-                "ORDER BY created DESC, id DESC LIMIT ?)",
-                (person_id, person_id, max_references_per_person),
+                "ORDER BY created DESC, id DESC LIMIT ?) AND id != "
+                "(SELECT id FROM reference_images WHERE person_id = ? "
+                "ORDER BY created, id LIMIT 1)",
+                (person_id, person_id, max(1, max_references_per_person - 1), person_id),
             ).rowcount
             kept = conn.execute(
                 "SELECT count(*) FROM reference_images WHERE person_id = ?", (person_id,)
@@ -548,9 +559,11 @@ class Store:
             references.append(Reference(name, image))
         return references
 
-    def references_of(self, serial: str, person: str) -> list[Reference]:
-        """Every photo of one person, newest first (what an update of their photo is held to)."""
-        return [r for r in self.references_for(serial, limit=10**6) if r.person == person]
+    def anchor_of(self, serial: str, person: str) -> bytes | None:
+        """The person's first photo, which is never dropped (add_reference) and which every
+        update of their photo from the device must match."""
+        mine = [r for r in self.references_for(serial, limit=10**6) if r.person == person]
+        return mine[-1].image if mine else None  # newest first within a person
 
     @staticmethod
     def _count_people(conn: sqlite3.Connection, serial: str) -> int:
@@ -708,44 +721,60 @@ class Store:
         reserve: Callable[[LockoutState], LockoutState],
         *,
         lease_s: float,
+        max_wait_s: float,
         now: float | None = None,
     ) -> Gate:
         """Decide in one transaction, before the device is contacted, whether a verify may run:
         not while locked out, not while another attempt holds the device (its lease), and if it
         may, count it as a failure at once (`reserve`), so that a crash or a race can never
-        give more comparisons than the lockout allows. finish_attempt settles the count."""
+        give more comparisons than the lockout allows. finish_attempt settles the count.
+        A lockout or a lease further ahead than max_wait_s or lease_s (a clock set back) is
+        brought back to them: neither outlasts its longest length."""
         now = time.time() if now is None else now
         with self._write() as conn:
             state = self._lockout(conn, serial)
+            if state.locked_until > now + max_wait_s:
+                state = LockoutState(state.failures, now + max_wait_s)
+                self._set_lockout(conn, serial, state)
             if state.locked_until > now:
                 return Gate("locked_out", state)
             lease = conn.execute(
                 "SELECT lease_until FROM attempts WHERE serial = ?", (serial,)
             ).fetchone()
-            if lease is not None and lease[0] > now:
+            if lease is not None and now < lease[0] <= now + lease_s:
                 return Gate("busy", state)
             reserved = reserve(state)
             self._set_lockout(conn, serial, reserved)
+            token = os.urandom(12).hex()
             conn.execute(
-                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?)",
-                (serial, now + lease_s, state.failures, state.locked_until),
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)",
+                (serial, token, now + lease_s, state.failures, state.locked_until),
             )
-        return Gate("go", reserved)
+        return Gate("go", reserved, token)
 
     def finish_attempt(
-        self, serial: str, result: str, *, person: str | None = None, now: float | None = None
+        self,
+        serial: str,
+        token: str,
+        result: str,
+        *,
+        person: str | None = None,
+        now: float | None = None,
     ) -> LockoutState:
-        """Settle what begin_attempt reserved, and end the device's unlocked session unless this
-        attempt opened a new one. result: "match" (the count is cleared and a session for
-        `person` starts), "failure" (the reserved failure stands) or "neutral" (nothing was
-        compared: the count goes back to what it was)."""
+        """Settle what begin_attempt reserved for the attempt holding `token`, and end the
+        device's unlocked session unless this attempt opened a new one. result: "match" (the
+        count is cleared and a session for `person` starts), "failure" (the reserved failure
+        stands) or "neutral" (nothing was compared: the count goes back to what it was, but only
+        while this attempt still held the device; one that outlived its lease keeps its
+        failure, and leaves the newer attempt's hold alone)."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            prior = conn.execute(
-                "SELECT prior_failures, prior_locked_until FROM attempts WHERE serial = ?",
-                (serial,),
+            held = conn.execute(
+                "SELECT prior_failures, prior_locked_until FROM attempts "
+                "WHERE serial = ? AND token = ?",
+                (serial, token),
             ).fetchone()
-            conn.execute("DELETE FROM attempts WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM attempts WHERE serial = ? AND token = ?", (serial, token))
             if result == "match":
                 state = LockoutState()
                 conn.execute(
@@ -755,8 +784,8 @@ class Store:
                 )
             else:
                 state = self._lockout(conn, serial)
-                if result == "neutral" and prior is not None:
-                    state = LockoutState(prior[0], prior[1])
+                if result == "neutral" and held is not None:
+                    state = LockoutState(held[0], held[1])
                 self._end_session(conn, serial, now)
             self._set_lockout(conn, serial, state)
         return state

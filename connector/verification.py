@@ -17,7 +17,7 @@ from .webex import Event
 
 #: Codes that mean "a face was found in the probe and nothing matched it": these count towards
 #: the lockout, whatever went wrong with the references.
-FAILED_ATTEMPT_CODES = frozenset({"not_recognized", "reference_unusable"})
+FAILED_ATTEMPT_CODES = frozenset({"not_recognized", "reference_unusable", "comparison_incomplete"})
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _attempt(
     finally:
         settles_as = "failure" if outcome.code == "internal_error" else outcome.settles_as
         # Written before the answer says match: a session the store refused is no unlock.
-        wait = rt.lockout.finish(device.serial, settles_as, outcome.person)
+        wait = rt.lockout.finish(device.serial, gate, settles_as, outcome.person)
     if outcome.verdict == "match":
         rt.last_match[device.serial] = rt.clock()
     elif wait > 0:

@@ -40,7 +40,8 @@ class Function:
 
 
 def runtime(function: Function, references: list[Any] | None = None) -> Any:
-    store = SimpleNamespace(references_of=lambda serial, person: references or [])
+    kept = references or []
+    store = SimpleNamespace(anchor_of=lambda serial, person: kept[-1][1] if kept else None)
     return SimpleNamespace(
         function=function, config=SimpleNamespace(policy=PolicyConfig()), store=store
     )
@@ -97,11 +98,11 @@ def test_the_picture_must_hold_one_face_large_enough(picture, faces, code):
     assert function.calls == ["inspect"]
 
 
-def test_an_update_must_match_the_persons_kept_photos(picture):
-    kept = [("Grace", b"a"), ("Grace", b"b")]
+def test_an_update_must_match_the_persons_anchor_photo(picture):
+    kept = [("Grace", b"newest"), ("Grace", b"first")]
     function = Function()
     held_to(runtime(function, kept), "S", "Grace", b"crop", "t")
-    assert function.calls == ["verify ['r0', 'r1']"]
+    assert function.calls == ["verify ['anchor']"]
     for stranger in (Function(verdict="no_match"), Function(error=ReferenceUnusable("r0"))):
         assert refused(lambda f=stranger: held_to(runtime(f, kept), "S", "Grace", b"c", "t")) == (
             "not_you"

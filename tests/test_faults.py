@@ -558,7 +558,9 @@ def disk_full(connector: InProcessConnector) -> Callable[[], None]:
     connector.db.execute(f"PRAGMA max_page_count = {pages}")
     for i in range(10_000):
         try:
-            connector.runtime.store.begin_attempt(f"F{i}", lambda state: state, lease_s=0)
+            connector.runtime.store.begin_attempt(
+                f"F{i}", lambda state: state, lease_s=0, max_wait_s=0
+            )
         except FaceIdError as exc:
             assert exc.code == "store_unavailable" and "full" in exc.message
             break

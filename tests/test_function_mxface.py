@@ -138,8 +138,17 @@ def test_best_matching_reference_is_reported(client, fake):
     assert fake.count() == 3
 
 
-def test_a_failed_reference_without_any_match_fails_closed(client, fake):
+def test_a_failed_reference_without_any_match_is_an_incomplete_comparison_never_a_match(
+    client, fake
+):
+    """One reference compared and did not match, the other failed: a real chance to match was
+    used, so the answer is comparison_incomplete (a failed attempt), not a service error."""
     fake.verify_rule = lambda image1, image2: no_match() if image1 == ALICE else server_error()
+    assert_refused(verify(client, refs={"a": ALICE, "b": BOB}), 502, "comparison_incomplete")
+
+
+def test_every_reference_failing_is_the_services_error(client, fake):
+    fake.verify_rule = lambda image1, image2: server_error()
     assert_refused(verify(client, refs={"a": ALICE, "b": BOB}), 502, "upstream_error")
 
 

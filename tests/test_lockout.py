@@ -12,7 +12,7 @@ import pytest
 
 from connector.config import PolicyConfig
 from connector.lockout import Lockout
-from connector.store import Store
+from connector.store import Gate, Store
 
 SERIAL = "FOC1234X5YZ"
 
@@ -52,8 +52,9 @@ LEASE_S = 20.0
 
 def attempt(lockout: Lockout, result: str, person: str | None = None) -> int:
     """One attempt that the gate lets through, settled as `result`; the lockout it started."""
-    assert lockout.begin(SERIAL, LEASE_S).decision == "go"
-    return lockout.finish(SERIAL, result, person)
+    gate = lockout.begin(SERIAL, LEASE_S)
+    assert gate.decision == "go"
+    return lockout.finish(SERIAL, gate, result, person)
 
 
 def fail(lockout: Lockout) -> int:
@@ -107,25 +108,30 @@ def test_a_restart_keeps_the_lockout(tmp_path, key, clock):
         reopened.close()
 
 
-def begin_at_once(lockout: Lockout, count: int) -> list[str]:
+def begin_at_once(lockout: Lockout, count: int) -> tuple[list[str], Gate]:
+    """`count` attempts begun at once: their decisions, sorted, and the gate of the one that
+    went."""
     start = threading.Barrier(count)
-    decisions: list[str] = []
+    gates: list[Gate] = []
 
     def work() -> None:
         start.wait()
-        decisions.append(lockout.begin(SERIAL, LEASE_S).decision)
+        gates.append(lockout.begin(SERIAL, LEASE_S))
 
     threads = [threading.Thread(target=work) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sorted(decisions)
+    went = [g for g in gates if g.decision == "go"]
+    assert len(went) == 1, [g.decision for g in gates]
+    return sorted(g.decision for g in gates), went[0]
 
 
 def test_of_simultaneous_attempts_one_goes_and_the_others_are_busy(lockout):
-    assert begin_at_once(lockout, 30) == ["busy"] * 29 + ["go"]
-    assert lockout.finish(SERIAL, "neutral") == 0
+    decisions, gate = begin_at_once(lockout, 30)
+    assert decisions == ["busy"] * 29 + ["go"]
+    assert lockout.finish(SERIAL, gate, "neutral") == 0
     assert lockout.begin(SERIAL, LEASE_S).decision == "go"  # the device is free again
 
 
@@ -133,18 +139,20 @@ def test_after_four_failures_thirty_at_once_give_one_comparison_then_a_lockout(l
     for _ in range(4):
         fail(lockout)
     # The one that goes is counted from its start: the others find the device locked out.
-    assert begin_at_once(lockout, 30) == ["go"] + ["locked_out"] * 29
+    decisions, gate = begin_at_once(lockout, 30)
+    assert decisions == ["go"] + ["locked_out"] * 29
     assert store.lockout_state(SERIAL).failures == 5 and lockout.check(SERIAL) == 30
-    assert lockout.finish(SERIAL, "failure") == 30
+    assert lockout.finish(SERIAL, gate, "failure") == 30
     assert lockout.begin(SERIAL, LEASE_S).decision == "locked_out"
 
 
 def test_an_attempt_that_compared_nothing_gives_its_reserved_failure_back(lockout, store):
     for _ in range(4):
         fail(lockout)
-    assert lockout.begin(SERIAL, LEASE_S).decision == "go"
+    gate = lockout.begin(SERIAL, LEASE_S)
+    assert gate.decision == "go"
     assert lockout.check(SERIAL) == 30  # reserved: locked out while it runs
-    assert lockout.finish(SERIAL, "neutral") == 0  # e.g. no face in view
+    assert lockout.finish(SERIAL, gate, "neutral") == 0  # e.g. no face in view
     assert store.lockout_state(SERIAL).failures == 4 and lockout.check(SERIAL) == 0
     assert fail(lockout) == 30
 
@@ -169,6 +177,31 @@ def test_a_match_opens_a_session_and_any_other_outcome_ends_it(lockout, store, c
         attempt(lockout, "match", "Alice")
         attempt(lockout, result)
         assert store.unlocked_session(SERIAL, 600, now=clock.now) is None
+
+
+def test_an_attempt_that_outlived_its_lease_keeps_its_failure_and_the_newer_hold(
+    lockout, store, clock
+):
+    slow = lockout.begin(SERIAL, LEASE_S)
+    clock.now += LEASE_S + 0.1  # it is still running when its lease ends
+    newer = lockout.begin(SERIAL, LEASE_S)
+    assert newer.decision == "go" and store.lockout_state(SERIAL).failures == 2
+    assert lockout.finish(SERIAL, slow, "neutral") == 0  # no refund: its hold was lost
+    assert store.lockout_state(SERIAL).failures == 2
+    assert lockout.begin(SERIAL, LEASE_S).decision == "busy"  # the newer one still holds
+    lockout.finish(SERIAL, newer, "neutral")
+    assert store.lockout_state(SERIAL).failures == 1
+
+
+def test_a_clock_set_back_neither_stretches_a_lockout_nor_a_lease(lockout, store, clock):
+    for _ in range(4):
+        fail(lockout)
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"  # holds the device, then dies
+    clock.now -= 86400
+    assert lockout.check(SERIAL) == 900
+    assert lockout.begin(SERIAL, LEASE_S).decision == "locked_out"  # brought back to 900 s
+    clock.now += 900 + 1
+    assert lockout.begin(SERIAL, LEASE_S).decision == "go"  # neither locked out nor busy
 
 
 def test_a_clock_set_back_does_not_stretch_a_lockout(lockout, clock):

@@ -300,6 +300,7 @@ def test_face_problems_keep_their_code(function, plain_client, code):
         (function_error(500, "config_error"), "engine_unavailable", "misconfigured"),
         (function_error(500, "internal_error"), "engine_unavailable", "failed with HTTP 500"),
         (function_error(502, "upstream_error"), "engine_unavailable", "failed with HTTP 502"),
+        (function_error(502, "comparison_incomplete"), "comparison_incomplete", "it counts"),
         (function_error(504, "upstream_timeout"), "engine_unavailable", "timed out (HTTP 504)"),
         (
             (503, {"Content-Type": "text/html"}, b"Service Unavailable"),

@@ -43,8 +43,9 @@ def store(path, key):
 
 def unlock(store: Store, person: str, now: float | None = None) -> None:
     """What a match does: an attempt through the gate, settled as a match for `person`."""
-    assert store.begin_attempt(SERIAL, lambda s: s, lease_s=20, now=now).decision == "go"
-    store.finish_attempt(SERIAL, "match", person=person, now=now)
+    gate = store.begin_attempt(SERIAL, lambda s: s, lease_s=20, max_wait_s=900, now=now)
+    assert gate.decision == "go" and gate.token is not None
+    store.finish_attempt(SERIAL, gate.token, "match", person=person, now=now)
 
 
 def photo(n: int) -> bytes:
@@ -154,12 +155,12 @@ def test_a_photo_moved_to_another_person_fails_to_decrypt(store, path):
         store.references_for(SERIAL)
 
 
-def test_oldest_photos_are_dropped_beyond_the_per_person_limit(store):
+def test_oldest_photos_but_the_first_are_dropped_beyond_the_per_person_limit(store):
     for n in range(4):
         store.add_reference(SERIAL, "Alice", photo(n), max_references_per_person=3, now=100.0 + n)
     result = store.add_reference(SERIAL, "Alice", photo(4), max_references_per_person=3, now=104.0)
     assert (result.references, result.dropped) == (3, 1)
-    assert [img for _, img in store.references_for(SERIAL)] == [photo(4), photo(3), photo(2)]
+    assert [img for _, img in store.references_for(SERIAL)] == [photo(4), photo(3), photo(0)]
 
 
 def test_people_beyond_the_device_limit_are_refused(store):
@@ -384,12 +385,12 @@ def test_removing_a_device_forgets_it_but_keeps_its_audit(store):
     store.add_reference(SERIAL, "Alice", photo(1))
     store.add_reference("OTHER", "Carol", photo(2))
     unlock(store, "Alice")
-    store.begin_attempt(SERIAL, lambda s: type(s)(3, 0.0), lease_s=20)  # in flight, 3 failures
+    store.begin_attempt(SERIAL, lambda s: type(s)(3, 0.0), lease_s=20, max_wait_s=900)  # flying
     store.record_audit(action="verify", serial=SERIAL, outcome="match")
     assert store.remove_device(SERIAL) == 1
     assert store.count_people(SERIAL) == 0 and store.count_people("OTHER") == 1
     assert store.lockout_state(SERIAL).failures == 0
-    assert store.begin_attempt(SERIAL, lambda s: s, lease_s=20).decision == "go"  # no lease left
+    assert store.begin_attempt(SERIAL, lambda s: s, lease_s=20, max_wait_s=900).decision == "go"
     assert not store.is_unlocked(SERIAL, 600)
     assert len(store.audit(serial=SERIAL)) == 1
 
@@ -542,3 +543,13 @@ def test_a_session_cannot_create_a_person(store):
         )
     assert caught.value.code == "new_person_needs_admin"
     assert [p.name for p in store.people(SERIAL)] == ["Alice"]
+
+
+def test_a_persons_first_photo_is_never_dropped_by_later_ones(store):
+    store.add_reference(SERIAL, "Alice", photo(0))  # the anchor
+    for n in range(1, 9):
+        store.add_reference(SERIAL, "Alice", photo(n), max_references_per_person=5)
+    kept = [image for _, image in store.references_for(SERIAL)]
+    assert kept == [photo(8), photo(7), photo(6), photo(5), photo(0)]
+    assert store.anchor_of(SERIAL, "Alice") == photo(0)
+    assert store.anchor_of(SERIAL, "Nobody") is None

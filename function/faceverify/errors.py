@@ -69,6 +69,16 @@ def too_dark(
     return FaceIdError(422, "too_dark", message)
 
 
+def comparison_incomplete(cause: str) -> FaceIdError:
+    """Some references were compared with the probe and did not match, others could not be:
+    not a match, and not "no comparison" either (the caller counts it as a failed attempt)."""
+    return FaceIdError(
+        502,
+        "comparison_incomplete",
+        f"Some comparisons did not match and the others failed ({cause}): not a match",
+    )
+
+
 def reference_unusable(reference_id: str) -> FaceIdError:
     """A stored reference photo without a usable face, named, so that it can be replaced: the
     person at the device is not to blame, and "no face" would tell them they are."""

@@ -16,6 +16,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, ProtocolError, Re
 from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
 from ..errors import (
     FaceIdError,
+    comparison_incomplete,
     config_error,
     no_face,
     rate_limited,
@@ -252,11 +253,14 @@ class MXFaceEngine:
         outcomes: list[Comparison | FaceIdError],
         deadline: Deadline,
     ) -> FaceIdError:
-        """The error for comparisons that failed: a failure of the service first; otherwise
+        """The error for comparisons that failed: when others did compare (and did not match),
+        comparison_incomplete, a failed attempt; then a failure of the service; otherwise
         only "no face" is left, which MXFace says without saying of which image. A pair that
         compared proves the probe has a face; without one, face/detect on the probe decides."""
         errors = [o for o in outcomes if isinstance(o, FaceIdError)]
         failed = [e for e in errors if e.code != "no_face"]
+        if failed and len(errors) < len(outcomes):
+            return comparison_incomplete(min(failed, key=lambda e: e.status).code)
         if failed:
             return min(failed, key=lambda e: e.status)
         if len(errors) == len(outcomes) and not self.inspect(probe, deadline):
