@@ -31,7 +31,7 @@ directory of the configuration file. Unknown keys and sections are refused.
 | `policy.self_enroll` | `"first"` | `"first"`: who is first at an empty device enrolls; `"never"` |
 | `policy.max_references_per_person` | `5` | photos kept per person (the oldest is dropped) |
 | `policy.max_people_per_device` | `10` | people per device (at most 10: one photo each per call) |
-| `policy.min_face_px` | `80` | smallest face (pixels, in the 1024 px probe) enrollment accepts |
+| `policy.min_face_px` | `80` | smallest face (pixels, in the 960 px probe) enrollment accepts |
 | `policy.failed_auth_limit` | `10` | failed authentications (401) from one address before 429 |
 | `policy.failed_auth_window_s` | `60` | window counting them; the refusal lasts as long |
 | `device_defaults.connect_timeout_s` | `3` | connecting to a device |

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from faceverify.config import Settings
 from faceverify.errors import FaceIdError
-from faceverify.images import open_checked, to_rgb
+from faceverify.images import decode_rgb
 from PIL import Image
 
 MAX_PIXELS = Settings.max_image_pixels
@@ -22,7 +22,7 @@ PROBE_MAX_SIDE = 960
 
 def _decode(jpeg: bytes, max_side: int) -> Image.Image:
     try:
-        return to_rgb(jpeg, max_side, MAX_PIXELS, field="snapshot")
+        return decode_rgb(jpeg, max_side, MAX_PIXELS, field="snapshot")
     except FaceIdError as exc:
         raise FaceIdError(502, "snapshot_unavailable", exc.message) from None
 
@@ -34,23 +34,9 @@ def _encode(image: Image.Image, quality: int) -> bytes:
 
 
 def downscale_jpeg(jpeg: bytes, max_side: int = PROBE_MAX_SIDE, quality: int = 85) -> bytes:
-    """The probe: long side at most max_side. The draft asks for the exact target size, so a
-    picture 2, 4 or 8 times larger decodes straight to it (to_rgb asks one pixel more, which
-    rules that out)."""
-    try:
-        image = open_checked(jpeg, "snapshot", MAX_PIXELS)
-        if max(image.size) > max_side:
-            scale = max_side / max(image.size)
-            image.draft("RGB", (round(image.width * scale), round(image.height * scale)))
-        image = image.convert("RGB")
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    except FaceIdError as exc:
-        raise FaceIdError(502, "snapshot_unavailable", exc.message) from None
-    except Exception:
-        raise FaceIdError(
-            502, "snapshot_unavailable", "The snapshot is damaged or truncated"
-        ) from None
-    return _encode(image, quality)
+    """The probe: a JPEG or PNG as seen (orientation applied, transparency on white), long side
+    at most max_side. A camera frame 2, 4 or 8 times larger decodes straight to that size."""
+    return _encode(_decode(jpeg, max_side), quality)
 
 
 def crop_face(jpeg: bytes, box: Sequence[float], margin: float = 0.4, max_side: int = 512) -> bytes:

@@ -60,13 +60,13 @@ def fresh_folder(path: Path) -> Path:
 
 def launch(workdir: Path) -> Launched:
     """Start the stack in `workdir` with the demo's frames (DEMO_PHOTOS=folder: your own photos)
-    and load the function's face models; the caller stops it."""
+    and warm up the function; the caller stops it."""
     photos = os.environ.get("DEMO_PHOTOS")
     frames = demo_frames(workdir / "frames", Path(photos) if photos else None)
     with step("Starting the comparison function, the device simulator and the connector"):
         stack = start_stack(workdir / "stack", images=frames.enrolled)
     try:
-        with step("Loading face models (the first comparison loads them)"):
+        with step("Warming up the comparison function (its first comparison)"):
             warm_up(stack, frames.enrolled)
     except BaseException:
         stack.stop()
@@ -75,7 +75,7 @@ def launch(workdir: Path) -> Launched:
 
 
 def warm_up(stack: Stack, frame: Path) -> None:
-    """One /inspect call: the function loads its models before anyone waits at the device."""
+    """One /inspect call: the networks' first run (their buffers) is paid before anyone waits."""
     image = base64.b64encode(frame.read_bytes()).decode("ascii")
     answer = requests.post(stack.function_url + "/inspect", json={"image": image}, timeout=300)
     if answer.status_code != 200:

@@ -12,6 +12,8 @@ from PIL import Image, ImageOps
 
 FRAME = (1920, 1080)
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+#: Head and shoulders of scikit-image's astronaut: her face as large in the frame as Grace's.
+ASTRONAUT_HEAD = (70, 0, 370, 300)
 
 
 def _grace_hopper() -> Image.Image:
@@ -47,7 +49,7 @@ def write_frames(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     frames = {
         "grace_hopper": camera_frame(_grace_hopper()),
-        "astronaut": camera_frame(_skimage("astronaut")),
+        "astronaut": camera_frame(_skimage("astronaut").crop(ASTRONAUT_HEAD)),
         "no_face": camera_frame(_skimage("coffee")),
     }
     paths = {}

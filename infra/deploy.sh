@@ -9,7 +9,7 @@ usage() {
   cat <<'EOF'
 Usage: infra/deploy.sh --project ID --region REGION [options]
 
-  --engine local|mxface          face engine (default local: 2Gi; mxface: 512Mi)
+  --engine local|mxface          face engine (default local: 1Gi; mxface: 512Mi)
   --key-delivery runtime|pinned  MXFace key: read at run time through MXFACE_KEY_SECRET (default)
                                  or injected by Cloud Run as MXFACE_KEY from a pinned version
   --key-version V                secret version: latest (default) or a number
@@ -105,9 +105,9 @@ for setting in ${SETTINGS[@]+"${SETTINGS[@]}"}; do
   [[ $ALLOWED_SETTINGS == *" ${setting%%=*} "* ]] || die "--set: the function does not read ${setting%%=*}"
 done
 
-# Sizes per engine, as in infra/terraform/main.tf: dlib needs about 1 GiB resident.
+# Sizes per engine, as in infra/terraform/locals.tf: YuNet + SFace peak about 0.3 GiB resident.
 if [[ $ENGINE == local ]]; then
-  MEMORY="${MEMORY:-2Gi}"
+  MEMORY="${MEMORY:-1Gi}"
   CONCURRENCY="${CONCURRENCY:-4}"
 else
   MEMORY="${MEMORY:-512Mi}"

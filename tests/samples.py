@@ -9,13 +9,14 @@ import io
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 Person = Literal["grace", "astronaut"]
-#: Each sample person's face box (x, y, width) in the picture's own pixels, as dlib boxes it.
+#: Each sample person's face box (x, y, width) in the picture's own pixels, as the local engine's
+#: detector (YuNet) boxes it.
 FACE_BOXES: dict[Person, tuple[int, int, int]] = {
-    "grace": (161, 137, 216),
-    "astronaut": (179, 83, 88),
+    "grace": (182, 119, 171),
+    "astronaut": (178, 62, 91),
 }
 CAMERA_FRAME = (1920, 1080)
 
@@ -92,8 +93,8 @@ def person_in_front(
     further back on the other side, face `behind_share` of that width.
 
     With the default `front_px`, a share of 0.3 or more keeps the face behind (144 px or more)
-    within reach of the local detector's first pass, which then finds both; a smaller face
-    would go unseen, and a test of who may match would prove nothing."""
+    well within reach of the local detector, which then finds both; a much smaller face would
+    go unseen, and a test of who may match would prove nothing."""
     canvas = Image.new("RGB", CAMERA_FRAME, (96, 104, 112))
     for person, face_px, centre in (
         (front, front_px, (640, 560)),
@@ -107,13 +108,14 @@ def person_in_front(
     return canvas
 
 
-def cut_by_the_bottom_edge(person: Person = "grace", face_px: int = 600) -> Image.Image:
-    """A camera frame whose bottom edge cuts `person`'s portrait in half: the detector still
-    boxes the face in the whole frame, but a crop around that box is too cut to recognise (the
-    kind of photo enrollment must refuse, since a stored one would fail every verify)."""
-    canvas = Image.new("RGB", CAMERA_FRAME, (96, 104, 112))
-    face = portrait(person, face_px)
-    canvas.paste(face, (700, CAMERA_FRAME[1] - face.height // 2))
+def face_in_shadow(
+    person: Person = "grace", face_px: int = 300, light: float = 0.12
+) -> Image.Image:
+    """A lit camera frame in which `person`'s face is in deep shadow: the detector still boxes
+    it, but the face itself is too dark to judge (the kind of photo enrollment must refuse,
+    since a stored one would fail every verify)."""
+    canvas = Image.new("RGB", CAMERA_FRAME, (150, 160, 170))
+    canvas.paste(ImageEnhance.Brightness(portrait(person, face_px)).enhance(light), (700, 200))
     return canvas
 
 

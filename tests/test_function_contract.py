@@ -153,11 +153,22 @@ def test_damaged_reference_is_invalid_image_before_mxface(client, fake):
     assert fake.count() == 0
 
 
-def test_image_over_max_pixels_is_invalid_image(client, fake, monkeypatch):
+def test_a_png_over_max_pixels_is_invalid_image(client, fake, monkeypatch):
     monkeypatch.setenv("MAX_IMAGE_PIXELS", "10000")
-    body = verify_request(astronaut_jpeg(30_000, 512), {"alice": PNG})
+    body = verify_request(JPEG, {"alice": small_png(101)})  # 10,201 pixels
     assert_refused(client.post("/", json=body), 422, "invalid_image")
     assert fake.count() == 0
+
+
+def test_a_jpeg_may_announce_64_times_max_pixels_as_it_decodes_at_an_eighth(
+    client, fake, monkeypatch
+):
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "10000")  # JPEGs up to 640,000 pixels
+    accepted = verify_request(astronaut_jpeg(30_000, 512), {"alice": astronaut_jpeg(30_000, 512)})
+    assert client.post("/", json=accepted).status_code == 200
+    refused = verify_request(astronaut_jpeg(60_000, 1024), {"alice": JPEG})
+    assert_refused(client.post("/", json=refused), 422, "invalid_image")
+    assert fake.count() == 1
 
 
 def test_inspect_refuses_a_damaged_image(client, fake):
@@ -228,7 +239,7 @@ def test_body_of_exactly_the_limit_is_read(client, monkeypatch):
         ("MXFACE_MIN_CONFIDENCE", "0"),
         ("MXFACE_MIN_CONFIDENCE", "59.5"),
         ("LOCAL_MATCH_THRESHOLD", "0"),
-        ("LOCAL_MATCH_THRESHOLD", "0.39"),
+        ("LOCAL_MATCH_THRESHOLD", "0.36"),
         ("MAX_REQUEST_BYTES", "1.5"),
         ("MXFACE_API_URL", "ftp://faceapi.example/verify"),
     ],
@@ -250,13 +261,13 @@ def test_every_bad_setting_is_named_in_one_message(client, fake, monkeypatch):
     message = response.json["error"]["message"]
     assert message.startswith("3 bad settings: ")
     assert all(name in message for name in bad), message
-    assert "at least 0.4, the local engine's floor" in message
+    assert "at least 0.363, the local engine's floor" in message
     assert fake.count() == 0
 
 
 def test_a_threshold_setting_at_its_floor_is_taken():
-    taken = load_settings({"LOCAL_MATCH_THRESHOLD": "0.4", "MXFACE_MIN_CONFIDENCE": "60"})
-    assert (taken.local_match_threshold, taken.mxface_min_confidence) == (0.4, 60.0)
+    taken = load_settings({"LOCAL_MATCH_THRESHOLD": "0.363", "MXFACE_MIN_CONFIDENCE": "60"})
+    assert (taken.local_match_threshold, taken.mxface_min_confidence) == (0.363, 60.0)
 
 
 # -- nothing crashes ---------------------------------------------------------------------------

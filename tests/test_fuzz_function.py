@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 from faceverify.config import Settings
+from faceverify.images import JPEG_DRAFT_PIXELS
 from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,8 @@ from tests.test_function_contract import GOOD, JPEG, json_values
 pytestmark = pytest.mark.slow
 
 MAX_PIXELS = Settings().max_image_pixels
+#: The most pixels a JPEG's header may announce (faceverify/images.py).
+JPEG_CAP = min(JPEG_DRAFT_PIXELS * MAX_PIXELS, Image.MAX_IMAGE_PIXELS)
 MAX_BODY = Settings().max_request_bytes
 MEMORY_BOUND_MB = 200
 #: Settings that must keep their defaults in the processes under test, whatever the caller's
@@ -416,11 +419,11 @@ def jpeg_declaring(data: bytes, width: int, height: int) -> bytes:
     raise ValueError("no frame header")
 
 
-def over_the_cap(largest: int) -> st.SearchStrategy[tuple[int, int]]:
-    """(width, height), each at most `largest`, whose product is over MAX_PIXELS."""
-    smallest_width = MAX_PIXELS // largest + 1
+def over_the_cap(largest: int, cap: int = MAX_PIXELS) -> st.SearchStrategy[tuple[int, int]]:
+    """(width, height), each at most `largest`, whose product is over `cap`."""
+    smallest_width = cap // largest + 1
     return st.integers(smallest_width, largest).flatmap(
-        lambda w: st.tuples(st.just(w), st.integers(MAX_PIXELS // w + 1, largest))
+        lambda w: st.tuples(st.just(w), st.integers(cap // w + 1, largest))
     )
 
 
@@ -451,10 +454,12 @@ def bomb_body(image: bytes, where: tuple[str, tuple]) -> tuple[str, dict]:
 
 
 def test_image_bombs_are_invalid_image_and_the_worker_memory_stays_bounded(http, local_fn):
-    """Images over MAX_IMAGE_PIXELS (real pixel data or only a header that says so) and PNGs
-    whose text or colour-profile chunk inflates to 256 MB are refused from their headers: the
-    worker's resident memory, now and at its peak (VmHWM, reset first), grows by less than
-    MEMORY_BOUND_MB, where decoding any one of them would take more."""
+    """PNGs over MAX_IMAGE_PIXELS (real pixel data or only a header that says so), JPEGs over
+    JPEG_CAP (they decode at an eighth at most) and PNGs whose text or colour-profile chunk
+    inflates to 256 MB are refused from their headers; a JPEG whose header claims 81 MP under
+    that cap is decoded at an eighth and never matches. The worker's resident memory, now and
+    at its peak (VmHWM, reset first), grows by less than MEMORY_BOUND_MB, where decoding any one
+    of them in full would take more."""
     bombs = [pixel_bomb(), *text_bombs(), jpeg_declaring(JPEG, 65_535, 65_535)]
     pid = worker_pid(local_fn)
     send(http, local_fn, verify_request(JPEG, {"a": JPEG}))  # models loaded, caches warm
@@ -479,8 +484,16 @@ def test_image_bombs_are_invalid_image_and_the_worker_memory_stays_bounded(http,
         path, body = bomb_body(image, where)
         assert refusal(send(http, local_fn, body, path)) == (422, "invalid_image")
 
+    for where in IMAGE_FIELDS:  # under the JPEG cap: decoded at an eighth, its scan runs short
+        path, body = bomb_body(jpeg_declaring(JPEG, 9_000, 9_000), where)
+        answer = send(http, local_fn, body, path)
+        assert answer.status_code in (200, 422) and answer.json().get("verdict") != "match"
+
     @fuzz(25)
-    @given(size=over_the_cap(65_535), where=st.sampled_from(IMAGE_FIELDS))
+    @given(
+        size=over_the_cap(65_535, JPEG_CAP),
+        where=st.sampled_from(IMAGE_FIELDS),
+    )
     def jpeg_header_bombs(size, where):
         path, body = bomb_body(jpeg_declaring(JPEG, *size), where)
         assert refusal(send(http, local_fn, body, path)) == (422, "invalid_image")

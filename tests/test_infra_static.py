@@ -81,7 +81,7 @@ def test_threads_follow_request_concurrency_and_memory_follows_the_engine(tf):
     assert service["max_instance_request_concurrency"] == "${local.concurrency}"
     assert "THREADS = tostring(local.concurrency)" in locals_["environment"]
     profiles = locals_["engine_profiles"]
-    assert profiles["local"]["memory"] == "2Gi"
+    assert profiles["local"]["memory"] == "1Gi"
     assert profiles["mxface"]["memory"] == "512Mi"
     for engine, profile in profiles.items():
         # Cloud Run serves more than one request per instance only with at least 1 vCPU.

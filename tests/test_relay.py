@@ -316,7 +316,7 @@ def test_function_errors_map_to_connector_codes(function, plain_client, reply, c
 
 
 FLOOR = (
-    "'threshold' must be at least 0.4, the local engine's floor (a lower threshold accepts "
+    "'threshold' must be at least 0.363, the local engine's floor (a lower threshold accepts "
     "impostors)"
 )
 

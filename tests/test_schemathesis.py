@@ -101,12 +101,12 @@ def test_both_documents_are_valid_openapi():
 
 
 def _on_mxface_scale(case: Any) -> None:
-    """The document allows each engine's thresholds (`local` 0.4-1, `mxface` 60-100); this
+    """The document allows each engine's thresholds (`local` 0.363-1, `mxface` 60-100); this
     function runs mxface, for which a valid local one is under the floor (400): move it onto
     the mxface scale. Invalid requests keep theirs, and must be refused."""
     threshold = case.body.get("threshold") if isinstance(case.body, dict) else None
     if isinstance(threshold, int | float) and not isinstance(threshold, bool) and threshold <= 1:
-        case.body["threshold"] = 60 + (threshold - 0.4) / 0.6 * 40
+        case.body["threshold"] = 60 + (threshold - 0.363) / 0.637 * 40
 
 
 @function_api.parametrize()

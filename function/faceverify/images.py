@@ -11,9 +11,9 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-from .errors import bad_request, invalid_image
+from .errors import FaceIdError, bad_request, invalid_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +34,7 @@ class EncodedImage:
     data: bytes
     b64: str
     format: str  # "jpeg" | "png"
-    width: int
+    width: int  # as seen, EXIF orientation applied
     height: int
 
 
@@ -65,6 +65,17 @@ def decode_base64(text: object, field: str) -> tuple[bytes, str]:
         raise bad_request(f"'{field}' is not valid base64") from None
 
 
+#: A JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), so its header may announce up to this
+#: many times MAX_IMAGE_PIXELS (and at most Pillow's own bomb bound, Image.MAX_IMAGE_PIXELS,
+#: about 89 MP): no decode of it ever holds more than MAX_IMAGE_PIXELS pixels.
+JPEG_DRAFT_PIXELS = 64
+DRAFT_DIVISORS = (8, 4, 2, 1)
+ORIENTATION_TAG = 0x0112
+#: EXIF orientations that turn the picture a quarter: width and height swap.
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+WHITE = (255, 255, 255)
+
+
 def open_checked(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Open lazily and refuse anything that is not a JPEG/PNG of sane size (PNG bombs included)."""
     fmt = sniff_format(data)
@@ -72,17 +83,79 @@ def open_checked(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise invalid_image(f"'{field}' is not a JPEG or PNG image")
     if fmt == "png" and not data.endswith(PNG_END):
         raise invalid_image(f"'{field}' is a truncated PNG image (it does not end with IEND)")
+    limit = max_pixels
+    if fmt == "jpeg":
+        limit = min(max_pixels * JPEG_DRAFT_PIXELS, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=["JPEG", "PNG"])
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise invalid_image(f"'{field}' has more than the {limit} pixels accepted") from None
     except Exception:
         raise invalid_image(f"'{field}' could not be read as a {fmt.upper()} image") from None
     width, height = image.size
-    if width < 1 or height < 1 or width * height > max_pixels:
-        raise invalid_image(
-            f"'{field}' is {width}x{height} pixels; at most {max_pixels} pixels are accepted"
-        )
+    if width < 1 or height < 1 or width * height > limit:
+        raise invalid_image(f"'{field}' is {width}x{height} pixels; at most {limit} are accepted")
+    return image
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height as the picture is meant to be seen (its EXIF orientation applied)."""
+    width, height = image.size
+    try:
+        turned = image.getexif().get(ORIENTATION_TAG) in QUARTER_TURNS
+    except Exception:  # an unreadable EXIF block orients nothing, as in every viewer
+        turned = False
+    return (height, width) if turned else (width, height)
+
+
+def _divisor(image: Image.Image, side: int, max_pixels: int) -> int:
+    """The JPEG scale (1/d) to decode at: the smallest picture still at least `side` long, and
+    never more than max_pixels."""
+    width, height = image.size
+    for d in DRAFT_DIVISORS:
+        if -(-max(width, height) // d) >= side or d == 1:
+            break
+    while d < DRAFT_DIVISORS[0] and -(-width // d) * -(-height // d) > max_pixels:
+        d *= 2
+    return d
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """Any JPEG/PNG mode to 8-bit RGB: 16-bit grey scaled (not clipped), transparency on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if image.mode == "P" or image.mode.endswith(("A", "a")):
+        image = image.convert("RGBA")
+        flat = Image.new("RGB", image.size, WHITE)
+        flat.paste(image, mask=image.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def decode_rgb(
+    data: bytes, side: int, max_pixels: int, field: str = "image", *, shrink: bool = True
+) -> Image.Image:
+    """The picture as seen (EXIF orientation applied) in RGB, its long side at most `side`; with
+    `shrink=False`, the cheapest decode still at least `side` long (no resampling at all).
+
+    A large JPEG decodes straight at a reduced scale (a 48 MP photo at 1/4 or 1/8), so memory
+    stays bounded by max_pixels whatever its header announces."""
+    image = open_checked(data, field, max_pixels)
+    try:
+        if image.format == "JPEG":
+            d = _divisor(image, side, max_pixels)
+            if d > 1:
+                image.draft("RGB", (max(1, image.width // d), max(1, image.height // d)))
+        image.load()
+        image = _as_rgb(ImageOps.exif_transpose(image))
+        if shrink and max(image.size) > side:
+            image.thumbnail((side, side), Image.Resampling.BILINEAR)
+    except FaceIdError:
+        raise
+    except Exception:
+        raise invalid_image(f"'{field}' is damaged or truncated and cannot be decoded") from None
     return image
 
 
@@ -116,7 +189,7 @@ def parse_image(
                 _verified.move_to_end(digest)
         if facts is not None and facts[1] * facts[2] <= max_pixels:
             return EncodedImage(data, b64, *facts)
-    width, height = open_checked(data, field, max_pixels).size
+    width, height = oriented_size(open_checked(data, field, max_pixels))
     image = EncodedImage(data, b64, sniff_format(data) or "", width, height)
     if pixels:
         check_pixels(image, field, max_pixels)
@@ -125,19 +198,4 @@ def parse_image(
             _verified[digest] = (image.format, width, height)
             while len(_verified) > VERIFIED_CACHE_SIZE:
                 _verified.popitem(last=False)
-    return image
-
-
-def to_rgb(data: bytes, max_side: int, max_pixels: int, field: str = "image") -> Image.Image:
-    """Full decode to RGB, downscaled so the long side is at most max_side (cheap for JPEG)."""
-    image = open_checked(data, field, max_pixels)
-    try:
-        if max(image.size) > max_side:
-            scale = max_side / max(image.size)
-            image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
-        image = image.convert("RGB")
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    except Exception:
-        raise invalid_image(f"'{field}' is damaged or truncated and cannot be decoded") from None
     return image

@@ -211,3 +211,14 @@ def _log_refusal(
         **error.details,
         **fields,
     )
+
+
+def start_or_refuse() -> None:
+    """Start-up's check: bad settings, or local models missing or not the published files, are
+    logged (Cloud Run keeps stdout) and end the process with a non-zero status and the same
+    message on stderr, before any server comes up. The engine built here serves every request."""
+    try:
+        get_engine(load_settings())
+    except FaceIdError as error:
+        log("CRITICAL", f"refusing to start: {error.message}", code=error.code)
+        raise SystemExit(f"faceverify: refusing to start: {error.message}") from None

@@ -1,9 +1,10 @@
 # Derived settings: sizes per engine and the environment the function gets.
 
 locals {
-  # Sizes per engine: dlib needs about 1 GiB resident, MXFace only waits on HTTPS.
+  # Sizes per engine: YuNet + SFace peak about 0.3 GiB resident (bench/local_engine.py), with
+  # room for four 16 MP decodes at once; MXFace only waits on HTTPS.
   engine_profiles = {
-    local  = { memory = "2Gi", cpu = "1", concurrency = 4 }
+    local  = { memory = "1Gi", cpu = "1", concurrency = 4 }
     mxface = { memory = "512Mi", cpu = "1", concurrency = 8 }
   }
   profile     = local.engine_profiles[var.face_engine]

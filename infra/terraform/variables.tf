@@ -22,7 +22,7 @@ variable "function_name" {
 }
 
 variable "face_engine" {
-  description = "Face engine (FACE_ENGINE): \"local\" runs dlib in the function (needs 2Gi), \"mxface\" calls the MXFace API (512Mi is enough)."
+  description = "Face engine (FACE_ENGINE): \"local\" runs YuNet + SFace in the function (needs 1Gi), \"mxface\" calls the MXFace API (512Mi is enough)."
   type        = string
   default     = "local"
 
@@ -33,7 +33,7 @@ variable "face_engine" {
 }
 
 variable "memory" {
-  description = "Memory per instance (e.g. \"2Gi\"). null picks the engine's size: local 2Gi, mxface 512Mi."
+  description = "Memory per instance (e.g. \"1Gi\"). null picks the engine's size: local 1Gi, mxface 512Mi."
   type        = string
   default     = null
 }
