@@ -1,4 +1,5 @@
 # The two commands of README: `make demo` and `make test`. Each builds .venv by itself.
+# `make test-fast`: the tests that start no process and load no face engine (under a minute).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,17 +9,20 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: test demo demo-up demo-down lint typecheck pytest macro-test bench clean system-packages
+.PHONY: test test-fast demo demo-up demo-down lint typecheck pytest macro-test bench clean system-packages config-reference
 # Debian packages the connector runs with (HAProxy, its front); as root, or through sudo.
 SYSTEM_PACKAGES := haproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# `pip install -e .` gives what ships (connector, faceid_core); development also imports the
+# function's faceverify from function/, as Cloud Functions does: a .pth file adds that folder.
 $(STAMP): requirements.txt function/requirements.txt connector/requirements.txt pyproject.toml
 	@echo "Setting up $(VENV) (first run downloads the Python packages) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	echo "$(CURDIR)/function" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/faceid-function.pth"
 	@touch $(STAMP)
 
 $(INFRA_STAMP): requirements-infra.txt
@@ -29,6 +33,11 @@ $(INFRA_STAMP): requirements-infra.txt
 	@touch $(INFRA_STAMP)
 
 test: $(STAMP) $(INFRA_STAMP) lint typecheck macro-test pytest
+
+# The `slow` tests start real processes or load the face engine (tests/support/slow_guard.py
+# fails one that does without the marker); the rest run in memory, threads and local sockets.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
 
 system-packages:
 	@command -v haproxy >/dev/null || { \
@@ -48,6 +57,10 @@ macro-test: system-packages
 
 pytest: $(STAMP) $(INFRA_STAMP) system-packages
 	INFRA_BIN=$(CURDIR)/$(INFRA_VENV)/bin $(VENV)/bin/pytest
+
+# README's two configuration tables, printed from their declarations (devkit/config_reference.py).
+config-reference: $(STAMP)
+	$(PY) -m devkit.config_reference
 
 demo: $(STAMP) system-packages
 	$(PY) -m demo

@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faceid_core.errors import FaceIdError
+from faceid_core.images import EncodedImage, decode_rgb, parse_image
 from faceverify.config import THRESHOLD_FLOORS, load_settings
 from faceverify.engines.local import LocalEngine, similarity
-from faceverify.errors import FaceIdError
-from faceverify.images import EncodedImage, decode_rgb, parse_image
 from PIL import Image
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"  # beside the repository

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.procs import REPO
+from devkit.procs import REPO
 
 
 def child_json(args: list[str], what: str, timeout_s: float = 600) -> Any:

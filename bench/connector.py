@@ -32,61 +32,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-from PIL import Image
-
-from bench.function_overhead import percentile
 from connector.config import load_config
 from connector.faces import downscale_jpeg
 from connector.relay import FunctionClient
-from demo.macro_client import authorization, body_bytes
-from demo.photos import camera_frame, jpeg_bytes
-from demo.stack import SimDevice, Stack, start_stack
-from tests.connector_e2e import open_store, sim_stats
-from tests.fakes.mxface import FakeMXFace, detected, match
-from tests.procs import ServerProcess
+from devkit.connector_e2e import open_store, sim_stats
+from devkit.figures import percentile
+from devkit.macro_client import authorization, body_bytes
+from devkit.photos import camera_snapshot
+from devkit.stack import SimDevice, Stack, start_matching_mxface, start_stack
 
 TARGET_OVERHEAD_P50_MS = 20.0
 TARGET_BYTES_PER_VERIFY = 250_000
 DEVICE_STAGES = ("signin", "snapshot", "signout")
 STAGES = (*DEVICE_STAGES, "prepare")  # as the connector logs them
 PERSON = "Grace Hopper"
-#: Grace Hopper's face in the 960x540 probe of camera_snapshot(): the stored reference is a crop
-#: of the size a real enrollment keeps.
-GRACE_FACE_BOX = (400, 105, 165, 190)
-
-
-def serve_matching_fake(port: int) -> None:
-    """The fake MXFace in its own process, matching every comparison (a login that succeeds,
-    so the lockout never steps in). Prints its URL first, like `python -m tests.fakes.mxface`."""
-    fake = FakeMXFace(os.environ["FAKE_MXFACE_KEY"], port=port)
-    fake.verify_rule = lambda image1, image2: match()
-    fake.detect_reply = detected([GRACE_FACE_BOX])  # where her face is in the probe
-    print(fake.url, flush=True)
-    fake.serve_forever()
-
-
-def start_fake(key: str) -> ServerProcess:
-    argv = [sys.executable, "-m", "bench.connector", "--serve-fake-mxface"]
-    fake = ServerProcess(argv, env={"FAKE_MXFACE_KEY": key}).start()
-    try:
-        fake.url = fake.wait_line(r"^http://\S+").group(0)
-    except BaseException:
-        fake.stop()
-        raise
-    return fake
-
-
-def camera_snapshot(noise_sigma: float = 6.0) -> bytes:
-    """Grace Hopper in a 1920x1080 frame with sensor-like noise, so it compresses like a camera
-    picture: a clean synthetic frame would flatter the bytes sent and the decoding time, both of
-    which grow with the snapshot's size."""
-    import matplotlib
-
-    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    frame = np.asarray(camera_frame(Image.open(path).convert("RGB")), dtype=np.int16)
-    noise = np.random.default_rng(7).normal(0, noise_sigma, frame.shape).astype(np.int16)
-    return jpeg_bytes(Image.fromarray(np.clip(frame + noise, 0, 255).astype(np.uint8)))
 
 
 class Caller:
@@ -244,11 +203,7 @@ def main() -> int:
         "--noise", type=float, default=6.0, help="sensor noise of the snapshot (std. dev.)"
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
-    parser.add_argument("--serve-fake-mxface", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_fake_mxface:
-        serve_matching_fake(0)
-        return 0
 
     key = secrets.token_urlsafe(24)
     snapshot = camera_snapshot(args.noise)
@@ -256,7 +211,7 @@ def main() -> int:
         workdir = Path(folder)
         frame = workdir / "snapshot.jpg"
         frame.write_bytes(snapshot)
-        fake = start_fake(key)
+        fake = start_matching_mxface(key)
         try:
             stack = start_stack(
                 workdir / "stack",

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.connector import read_log
-from bench.function_overhead import percentile
 from connector.runtime import SIGNOUT_BUDGET_S
-from demo.photos import write_frames
-from demo.stack import SimDevice, Stack, start_stack
-from tests.connector_e2e import open_store, sim_stats
+from devkit.connector_e2e import open_store, sim_stats
+from devkit.figures import percentile
+from devkit.photos import write_frames
+from devkit.stack import SimDevice, Stack, start_stack
 
 SLACK_S = 1.0
 PERSON = "Bench Person"

@@ -31,24 +31,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.connector import (
-    GRACE_FACE_BOX,
-    PERSON,
-    all_at_once,
-    camera_snapshot,
-    sequential,
-)
-from bench.function_overhead import percentile
-from demo.launch import connector_records, warm_up
-from demo.stack import Stack, start_stack
-from tests.connector_e2e import sim_stats
-from tests.procs import ServerProcess, start_module
+from bench.connector import PERSON, all_at_once, sequential
+from devkit.connector_e2e import session_totals
+from devkit.figures import percentile
+from devkit.photos import camera_snapshot
+from devkit.procs import ServerProcess
+from devkit.stack import Stack, connector_records, prepare, start_matching_mxface, start_stack
 
 STAGES = ("signin", "snapshot", "signout", "prepare", "function", "total")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -125,15 +118,6 @@ def cpu_by_role(stack: Stack) -> dict[str, float]:
     return roles
 
 
-def sessions(stack: Stack) -> dict[str, int]:
-    totals = {"signins": 0, "signouts": 0, "open_sessions": 0}
-    for device in stack.devices:
-        stats = sim_stats(device)
-        for key in totals:
-            totals[key] += stats[key]
-    return totals
-
-
 @dataclass
 class Phase:
     engine: str
@@ -187,12 +171,12 @@ def measure(
     run: Callable[[], list[dict[str, Any]]],
     counter: WireCounter | None,
 ) -> dict[str, Any]:
-    before_cpu, before_sessions = cpu_by_role(stack), sessions(stack)
+    before_cpu, before_sessions = cpu_by_role(stack), session_totals(stack)
     before_bytes = counter.sent if counter else 0
     started = time.perf_counter()
     results = run()
     wall = time.perf_counter() - started
-    after_cpu, after_sessions = cpu_by_role(stack), sessions(stack)
+    after_cpu, after_sessions = cpu_by_role(stack), session_totals(stack)
     phase = Phase(
         engine=engine,
         name=name,
@@ -207,32 +191,12 @@ def measure(
     return phase.summary(stack)
 
 
-def prepare(stack: Stack, frame: Path) -> None:
-    """Models loaded, the person enrolled on every device, pools and caches warm."""
-    warm_up(stack, frame)
-
-    def enroll(device: Any) -> None:
-        body = {"serial": device.serial, "person": PERSON}
-        answer = stack.call("/v1/enroll", device, body).json()
-        if answer.get("result") != "enrolled":
-            raise RuntimeError(f"enrolling on {device.serial} failed: {answer}")
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(enroll, stack.devices))
-    sequential(stack, WARM_UP_VERIFIES)
-
-
 def run_engine(engine: str, args: argparse.Namespace, work: Path, frame: Path) -> list[dict]:
     key = secrets.token_urlsafe(24)
     fake: ServerProcess | None = None
     env: dict[str, str | None] = {"FACE_ENGINE": "local"}
     if engine == "mxface":
-        box = ",".join(str(v) for v in GRACE_FACE_BOX)
-        fake = start_module(
-            "tests.fakes.mxface",
-            ["--delay-ms", str(args.delay_ms), "--verify", "match", "--face-box", box],
-            env={"FAKE_MXFACE_KEY": key},
-        )
+        fake = start_matching_mxface(key, delay_ms=args.delay_ms)
         env = {
             "FACE_ENGINE": "mxface",
             "MXFACE_API_URL": fake.url,
@@ -248,7 +212,7 @@ def run_engine(engine: str, args: argparse.Namespace, work: Path, frame: Path) -
             work / f"{engine}-one", images=frame, function_env=env, route_function=counter.route
         )
         try:
-            prepare(stack, frame)
+            prepare(stack, frame, PERSON, WARM_UP_VERIFIES)
             phases.append(
                 measure(
                     stack,
@@ -269,7 +233,7 @@ def run_engine(engine: str, args: argparse.Namespace, work: Path, frame: Path) -
             function_env=env,
         )
         try:
-            prepare(stack, frame)
+            prepare(stack, frame, PERSON, WARM_UP_VERIFIES)
             name = f"{args.devices} devices at once"
             phases.append(measure(stack, engine, name, lambda: all_at_once(stack), None))
         finally:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import requests
 
-from tests.fakes.mxface import STATS_PATH, VERIFY_PATH
-from tests.procs import start_function, start_module
-from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg
+from devkit.fakes.mxface import STATS_PATH, VERIFY_PATH
+from devkit.figures import percentile
+from devkit.procs import start_function, start_module
+from devkit.samples import astronaut_jpeg, b64, grace_hopper_jpeg
 
 TARGET_P50_MS = 5.0
 HEADER = (
@@ -44,11 +45,6 @@ def noop(request):
     request.get_data()
     return {}
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def run(send: Callable[[requests.Session], None], total: int, clients: int) -> tuple[list, float]:
@@ -98,7 +94,7 @@ def main() -> None:
     probe, reference = astronaut_jpeg(), grace_hopper_jpeg()
     key = secrets.token_urlsafe(24)
     fake = start_module(
-        "tests.fakes.mxface", ["--delay-ms", str(args.delay_ms)], env={"FAKE_MXFACE_KEY": key}
+        "devkit.fakes.mxface", ["--delay-ms", str(args.delay_ms)], env={"FAKE_MXFACE_KEY": key}
     )
     env = {
         "FACE_ENGINE": "mxface",

@@ -22,12 +22,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.function_overhead import percentile
-from demo.launch import warm_up
-from demo.photos import write_frames
-from demo.stack import Stack, start_stack
-from tests.connector_e2e import enroll, status, verify
-from tests.hostile import HostileClient
+from devkit.connector_e2e import enroll, status, verify
+from devkit.figures import percentile
+from devkit.hostile import HostileClient
+from devkit.photos import write_frames
+from devkit.stack import Stack, start_stack, warm_up
 
 MIX = {"idle": 200, "slow_headers": 50, "slow_body": 50}
 

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faceid_core.errors import FaceIdError
+from faceid_core.images import JPEG_DRAFT_PIXELS, PNG_MAGIC, decode_rgb, parse_image
 from faceverify.config import Settings, load_settings
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
-from faceverify.errors import FaceIdError
-from faceverify.images import JPEG_DRAFT_PIXELS, PNG_MAGIC, decode_rgb, parse_image
+from faceverify.service import status_of
 from PIL import Image
 
 from bench.children import child_json
@@ -155,7 +156,7 @@ def refusal(call: Any) -> dict[str, Any]:
     try:
         call()
     except FaceIdError as exc:
-        outcome = {"status": exc.status, "code": exc.code, "message": exc.message}
+        outcome = {"status": status_of(exc), "code": exc.code, "message": exc.message}
     else:
         outcome = {"status": 200, "code": None, "message": "accepted"}
     return {"ms": round((time.perf_counter() - started) * 1000, 2), **outcome}
@@ -317,7 +318,7 @@ def http_bombs(bombs: dict[str, bytes], warm_up: bytes) -> dict[str, Any]:
     import requests
 
     from bench.local_engine import tree_memory
-    from tests.procs import start_function
+    from devkit.procs import start_function
 
     env = {"FACE_ENGINE": "local", "MXFACE_KEY": None, "MXFACE_KEY_SECRET": None}
     server = start_function("verify_faces", "function/main.py", env, timeout_s=60)

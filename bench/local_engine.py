@@ -47,16 +47,16 @@ from typing import Any
 
 import matplotlib
 import requests
+from faceid_core.images import EncodedImage, parse_image
 from faceverify.config import load_settings
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
-from faceverify.images import EncodedImage, parse_image
 from PIL import Image
 from skimage import data
 
 from bench.children import child_json
-from bench.function_overhead import percentile
-from tests.procs import ServerProcess, start_function
+from devkit.figures import percentile
+from devkit.procs import ServerProcess, start_function
 
 TARGETS = {"p50_1_ref_ms": 60.0, "p50_10_refs_ms": 70.0, "function_peak_rss_mb": 300.0}
 PROBE_FACE_PX = 250
@@ -95,7 +95,7 @@ t = time.perf_counter()
 from faceverify.config import load_settings
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
-from faceverify.images import parse_image
+from faceid_core.images import parse_image
 import faceverify.service
 mark("import faceverify (service, local engine)", t)
 

@@ -6,7 +6,11 @@ import argparse
 import json
 import sys
 import uuid
+from enum import IntEnum
 from typing import Any
+
+from faceid_core.errors import FaceIdError, Refusal
+from faceid_core.logs import traced
 
 from . import validation
 from .config import add_device, load_config, remove_device
@@ -15,6 +19,26 @@ from .enrollment import audit_enrollment, enroll_image, outcome_of
 from .protocol import encode_key, new_device_key
 from .runtime import Runtime, build_runtime
 from .store import AuditEntry
+
+
+class Exit(IntEnum):
+    """What a command's exit status tells a script."""
+
+    DONE = 0
+    NOT_DONE = 1  # refused, or nothing to act on (no such device or person)
+    FAILED = 2  # an error stopped it: a setting, an argument, the store, a device
+
+
+#: The exit status of a command an error stopped, by family (the first that matches).
+EXIT_CODES: tuple[tuple[type[FaceIdError], Exit], ...] = (
+    (Refusal, Exit.NOT_DONE),
+    (FaceIdError, Exit.FAILED),
+)
+
+
+def exit_code(exc: FaceIdError) -> Exit:
+    """The exit status for an error that stopped a command (EXIT_CODES)."""
+    return next(code for family, code in EXIT_CODES if isinstance(exc, family))
 
 
 def add_parsers(commands: Any) -> None:
@@ -96,13 +120,13 @@ def run(args: argparse.Namespace, config_path: str) -> int:
         finally:
             rt.close()
         print(f"Device {new_serial} added. Restart the connector to load it.", file=sys.stderr)
-        return 0
+        return Exit.DONE
 
     config = load_config(config_path)
     needs_device = ("enroll", "test-device", "rotate-key")
     if command in needs_device and config.device(args.serial) is None:
         print(f"No device {args.serial} in the configuration.", file=sys.stderr)
-        return 1
+        return Exit.NOT_DONE
     # Only test-device talks to a device: the others need no device password at all.
     rt = build_runtime(config, [args.serial] if command == "test-device" else [])
     try:
@@ -123,19 +147,20 @@ def run(args: argparse.Namespace, config_path: str) -> int:
                     data = f.read()
             except OSError as exc:
                 print(f"Cannot read {args.image}: {exc.strerror}", file=sys.stderr)
-                return 1
+                return Exit.NOT_DONE
             person = validation.person(args.person)
             request_id = uuid.uuid4().hex
-            outcome = outcome_of(
-                rt,
-                serial,
-                person,
-                request_id,
-                lambda: enroll_image(rt, serial, person, data, request_id, only_if_empty=False),
-            )
-            audit_enrollment(rt, request_id, serial, person, outcome)
+            with traced(request_id):  # its log lines join its audit entry, as a request's do
+                outcome = outcome_of(
+                    rt,
+                    serial,
+                    person,
+                    request_id,
+                    lambda: enroll_image(rt, serial, person, data, request_id, only_if_empty=False),
+                )
+                audit_enrollment(rt, request_id, serial, person, outcome)
             print(f"{outcome.result}: {outcome.message}")
-            return 0 if outcome.result == "enrolled" else 1
+            return Exit.DONE if outcome.result == "enrolled" else Exit.NOT_DONE
         elif command == "people":
             assert serial is not None
             for info in rt.store.people(serial):
@@ -144,7 +169,7 @@ def run(args: argparse.Namespace, config_path: str) -> int:
             assert serial is not None
             if not rt.store.remove_person(serial, validation.person(args.person)):
                 print(f"No person {args.person!r} on {serial}.", file=sys.stderr)
-                return 1
+                return Exit.NOT_DONE
             print(f"Removed {args.person} from {serial}.")
         elif command == "audit":
             for entry in rt.store.audit(limit=args.limit, serial=serial):
@@ -156,6 +181,6 @@ def run(args: argparse.Namespace, config_path: str) -> int:
         elif command == "test-device":
             assert serial is not None
             _print_json(rt.device_client.probe(rt.devices[serial].access))
-        return 0
+        return Exit.DONE
     finally:
         rt.close()

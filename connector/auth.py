@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from faceverify.errors import FaceIdError
+from faceid_core.errors import Refusal
 
 
 class FailedAuthLimiter:
@@ -38,8 +38,7 @@ class FailedAuthLimiter:
             if left <= 0:
                 del self._failures[source]
             elif count >= self.limit:
-                raise FaceIdError(
-                    429,
+                raise Refusal(
                     "rate_limited",
                     "Too many failed authentications from this address; try again later",
                     retry_after=max(1, int(left + 0.999)),

@@ -29,8 +29,9 @@ Why it is shaped this way (REFERENCE §1):
   bounds.
 - What a device answers when its session cap is hit is unknown: a 503 on sign-in is reported
   as "too many open web sessions" (device_unreachable). A 401 or 403 is device_auth_failed.
-- Every failure is a FaceIdError (502) with code device_unreachable, device_auth_failed,
-  device_tls_error or snapshot_unavailable and a message naming the host, never the password.
+- Every failure is a DeviceError with code device_unreachable, device_auth_failed,
+  device_tls_error or snapshot_unavailable and a message naming the host, never the password;
+  what went wrong below HTTP is read by transport.py, as for the function's client.
 """
 
 from __future__ import annotations
@@ -38,14 +39,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import http.client
 import io
 import json
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -57,14 +57,15 @@ import requests
 import urllib3
 import urllib3.connection
 import urllib3.response
-from faceverify.errors import FaceIdError, config_error
-from faceverify.images import JPEG_MAGIC
-from faceverify.logs import log
+from faceid_core.errors import DeviceError, FaceIdError, config_error
+from faceid_core.images import JPEG_MAGIC
+from faceid_core.logs import log
 from PIL import Image
 from requests.adapters import HTTPAdapter
 
 from .tls import NoCaAdapter, display_fingerprint, normalize_fingerprint
 from .tls import peer_fingerprint as read_peer_fingerprint
+from .transport import device_timed_out, device_unreachable, failure
 
 SIGNIN_PATH = "/web/signin/open"
 SNAPSHOT_PATH = "/web/api/snapshot/get_b64?SourceType=localInput&SourceId=1"
@@ -183,10 +184,6 @@ class _Held:
 class _Answer:
     status: int
     body: bytes | None = field(repr=False)  # None: over the size limit
-
-
-def device_error(code: str, message: str) -> FaceIdError:
-    return FaceIdError(502, code, message)
 
 
 class _NoStoredCookies(cookiejar.DefaultCookiePolicy):
@@ -355,7 +352,7 @@ class DeviceClient:
             with Image.open(io.BytesIO(shot.jpeg), formats=["JPEG"]) as image:
                 width, height = image.size
         except Exception:
-            raise device_error(
+            raise DeviceError(
                 "snapshot_unavailable",
                 f"The snapshot from {access.host} has an unreadable JPEG header",
             ) from None
@@ -412,31 +409,31 @@ class DeviceClient:
         )
         status, host = answer.status, access.host
         if status in (401, 403):
-            raise device_error(
+            raise DeviceError(
                 "device_auth_failed",
                 f"The device at {host} rejected the connector's username or password "
                 f"(HTTP {status}; not retried, to avoid locking the account)",
             )
         if status == 503:
-            raise device_error(
+            raise DeviceError(
                 "device_unreachable",
                 f"The device at {host} refused a new web session (HTTP 503): it may have too "
                 "many open web sessions (limit 30 in total, 20 per user) or still be starting",
             )
         if not 200 <= status < 400:
-            raise device_error(
+            raise DeviceError(
                 "device_unreachable",
                 f"The device at {host} answered the sign-in with HTTP {status}: is its web "
                 "interface enabled?",
             )
         if answer.body is None:
-            raise device_error(
+            raise DeviceError(
                 "device_unreachable",
                 f"The device at {host} answered the sign-in with more than 64 KiB: is it a "
                 "RoomOS device?",
             )
         if not held.cookies:
-            raise device_error(
+            raise DeviceError(
                 "device_auth_failed",
                 f"The device at {host} answered the sign-in (HTTP {status}) without a session "
                 "cookie",
@@ -536,7 +533,7 @@ class DeviceClient:
                 MAX_SMALL_ANSWER_BYTES,
                 cookies=cookies,
             ).status
-        except FaceIdError as exc:
+        except DeviceError as exc:
             return SignOut(None, exc.message)
         except Exception as exc:
             return SignOut(None, type(exc).__name__)
@@ -590,7 +587,7 @@ class DeviceClient:
         read in chunks; over `limit`, reading stops and the connection is dropped."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _timed_out(access.host, step)
+            raise device_timed_out(access.host, step)
         timeout = (min(self.connect_timeout_s, left), min(self.read_timeout_s, left))
         with _Watch(deadline) as watch:
             try:
@@ -607,43 +604,18 @@ class DeviceClient:
                     answer = _Answer(response.status_code, _body(response, limit))
             except Exception as exc:
                 if watch.stop():
-                    raise _timed_out(access.host, step) from None
-                if isinstance(exc, requests.RequestException):
-                    raise self._transport_error(exc, access, step) from None
-                raise
+                    raise device_timed_out(access.host, step) from None
+                if not isinstance(exc, requests.RequestException):
+                    raise
+                failed = failure(exc)
+                if failed.kind == "tls":
+                    raise self._tls_error(failed.causes, access) from None
+                raise device_unreachable(failed, access.host, step) from None
             if watch.stop():
-                raise _timed_out(access.host, step)
+                raise device_timed_out(access.host, step)
         return answer
 
-    def _transport_error(
-        self, exc: requests.RequestException, access: DeviceAccess, step: str
-    ) -> FaceIdError:
-        host = access.host
-        causes = list(_causes(exc))
-        dropped = any(isinstance(c, ssl.SSLEOFError | ConnectionResetError) for c in causes)
-        if isinstance(exc, requests.exceptions.SSLError) and not dropped:
-            return self._tls_error(causes, access)
-        if any(isinstance(c, ConnectionRefusedError) for c in causes):
-            reason = "connection refused"
-        elif any(
-            isinstance(c, socket.gaierror | urllib3.exceptions.NameResolutionError) for c in causes
-        ):
-            reason = "the name does not resolve"
-        elif any(_is_timeout(c) for c in causes):
-            return _timed_out(host, step)
-        elif dropped or any(
-            isinstance(c, http.client.RemoteDisconnected | urllib3.exceptions.ProtocolError)
-            for c in causes
-        ):
-            reason = "the device closed the connection"
-        else:
-            reason = type(exc).__name__
-        return device_error(
-            "device_unreachable",
-            f"Could not reach the device's web interface at {host} during the {step}: {reason}",
-        )
-
-    def _tls_error(self, causes: list[BaseException], access: DeviceAccess) -> FaceIdError:
+    def _tls_error(self, causes: tuple[BaseException, ...], access: DeviceAccess) -> DeviceError:
         host, policy = access.host, access.tls
         if policy.fingerprint_sha256 is not None:
             try:
@@ -653,7 +625,7 @@ class DeviceClient:
                 seen = f" (it presents SHA-256 {display_fingerprint(presented)})"
             except OSError:
                 seen = ""
-            return device_error(
+            return DeviceError(
                 "device_tls_error",
                 f"The certificate of the device at {host} does not match the pinned "
                 f"fingerprint{seen}; no credentials were sent",
@@ -667,7 +639,7 @@ class DeviceClient:
                 "the default trusted CAs (a device's certificate is self-signed by default: "
                 "configure a CA bundle or a pinned fingerprint)"
             )
-        return device_error(
+        return DeviceError(
             "device_tls_error",
             f"The certificate of the device at {host} was not accepted with {trust}: {detail}; "
             "no credentials were sent",
@@ -739,38 +711,5 @@ def _clears(attributes: list[str]) -> bool:
     return False
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (requests and urllib3 nest through args/reason)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        nested = [
-            *current.args,
-            getattr(current, "reason", None),
-            current.__cause__,
-            current.__context__,
-        ]
-        stack.extend(item for item in nested if isinstance(item, BaseException))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    # urllib3's NewConnectionError subclasses its ConnectTimeoutError: a refusal is no timeout.
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return False
-    return isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError | requests.Timeout)
-
-
-def _timed_out(host: str, step: str) -> FaceIdError:
-    return device_error(
-        "device_unreachable",
-        f"The device at {host} did not answer the {step} in time",
-    )
-
-
-def _unavailable(message: str) -> FaceIdError:
-    return device_error("snapshot_unavailable", message)
+def _unavailable(message: str) -> DeviceError:
+    return DeviceError("snapshot_unavailable", message)

@@ -11,38 +11,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceError, FaceIdError, InputError, ReferenceUnusable, Refusal
 
 from .faces import crop_face, downscale_jpeg
 from .messages import screen_message
 from .names import name_key
-from .relay import ReferenceUnusable
 from .runtime import Device, Runtime
 from .store import AuditEntry, Session
 from .verification import log_failure
-from .webex import Event
+from .webex import EnrollResult, Event
 
-REFUSALS = frozenset(
-    {
-        "locked",
-        "no_face",
-        "several_faces",
-        "face_too_small",
-        "too_dark",
-        "too_many_references",
-        "not_you",
-        "new_person_needs_admin",
-        "name_taken",
-        "session_ended",
-        "self_enroll_off",
-        "photo_unusable",
-    }
-)
+#: What ends an enrollment as "refused" (the rules, or the picture), not as an "error".
+REFUSED = (Refusal, FaceError)
 
 
 @dataclass
 class EnrollOutcome:
-    result: str  # enrolled | refused | error
+    result: EnrollResult
     code: str | None
     person: str | None
 
@@ -53,33 +38,27 @@ class EnrollOutcome:
         return screen_message(self.code or "internal_error")
 
 
-def refusal(code: str, message: str) -> FaceIdError:
-    return FaceIdError(409, code, message)
-
-
 def usable_crop(rt: Runtime, jpeg: bytes, request_id: str) -> bytes:
     """The crop of the picture's one face, once the function has matched it against itself:
     a crop it cannot find a face in, or cannot recognise, would fail every later verify."""
     image = downscale_jpeg(jpeg)
     faces = rt.function.inspect(image, trace=request_id)
     if not faces:
-        raise refusal("no_face", "No face in the picture")
+        raise Refusal("no_face", "No face in the picture")
     if len(faces) > 1:
-        raise refusal("several_faces", "More than one face in the picture")
+        raise Refusal("several_faces", "More than one face in the picture")
     box = faces[0]
     if min(box[2], box[3]) < rt.config.policy.min_face_px:
-        raise refusal("face_too_small", "The face is too small in the picture")
+        raise Refusal("face_too_small", "The face is too small in the picture")
     crop = crop_face(image, box)
     try:
         itself = rt.function.verify(
             crop, [("self", crop)], trace=request_id, threshold=rt.config.policy.threshold
         )
-    except FaceIdError as exc:
-        if exc.status != 422:
-            raise
+    except (FaceError, InputError):  # no usable face in the crop, or it cannot be read
         itself = None
     if itself is None or itself.verdict != "match":
-        raise refusal("photo_unusable", "The face crop does not match itself")
+        raise Refusal("photo_unusable", "The face crop does not match itself")
     return crop
 
 
@@ -88,7 +67,7 @@ def held_to(rt: Runtime, serial: str, person: str, crop: bytes, request_id: str)
     the threshold): not merely the last update, which a chain of morphs could walk away."""
     anchor = rt.store.anchor_of(serial, person)
     if anchor is None:
-        raise refusal("new_person_needs_admin", f"{person!r} has no photo to compare with")
+        raise Refusal("new_person_needs_admin", f"{person!r} has no photo to compare with")
     try:
         result = rt.function.verify(
             crop, [("anchor", anchor)], trace=request_id, threshold=rt.config.policy.threshold
@@ -96,7 +75,7 @@ def held_to(rt: Runtime, serial: str, person: str, crop: bytes, request_id: str)
     except ReferenceUnusable:
         result = None
     if result is None or result.verdict != "match":
-        raise refusal("not_you", f"The face in view is not {person}'s")
+        raise Refusal("not_you", f"The face in view is not {person}'s")
 
 
 def enroll_image(
@@ -124,6 +103,7 @@ def enroll_image(
         only_if_empty=only_if_empty,
         session=session,
         session_ttl_s=policy.unlock_ttl_s,
+        now=rt.clock(),
         # In the same transaction: a crash cannot leave a photo nobody can account for.
         audit=AuditEntry("enroll", "enrolled", serial=serial, request_id=request_id, person=person),
     )
@@ -138,8 +118,8 @@ def outcome_of(
     try:
         return EnrollOutcome("enrolled", None, action())
     except FaceIdError as exc:
-        log_failure(rt, exc, request_id, serial)
-        return EnrollOutcome("refused" if exc.code in REFUSALS else "error", exc.code, person)
+        log_failure(rt, exc, serial)
+        return EnrollOutcome("refused" if isinstance(exc, REFUSED) else "error", exc.code, person)
     except Exception as exc:
         rt.log("ERROR", "enroll failed unexpectedly", error_type=type(exc).__name__)
         return EnrollOutcome("error", "internal_error", person)
@@ -164,34 +144,34 @@ def _at_device(rt: Runtime, device: Device, person: str, request_id: str) -> str
     """Who may enroll what from the device's own camera (module docstring)."""
     policy = rt.config.policy
     if policy.self_enroll == "never":
-        raise refusal("self_enroll_off", "Device-side enrollment is off (policy.self_enroll)")
+        raise Refusal("self_enroll_off", "Device-side enrollment is off (policy.self_enroll)")
     people = rt.store.people(device.serial)
     if not people:
         snapshot = rt.device_client.snapshot(device.access)
         return enroll_image(
             rt, device.serial, person, snapshot.jpeg, request_id, only_if_empty=True
         )
-    session = rt.store.unlocked_session(device.serial, policy.unlock_ttl_s)
+    session = rt.store.unlocked_session(device.serial, policy.unlock_ttl_s, now=rt.clock())
     if session is None:
-        raise refusal("locked", "No unlocked session on this device")
+        raise Refusal("locked", "No unlocked session on this device")
     if policy.max_references_per_person < 2:
-        raise refusal("too_many_references", "One photo per person: only the first is kept")
+        raise Refusal("too_many_references", "One photo per person: only the first is kept")
     wanted = name_key(person)
     if wanted != name_key(session.person):
         taken = any(name_key(p.name) == wanted for p in people)
         code = "not_you" if taken else "new_person_needs_admin"
-        raise refusal(code, f"{person!r} is not the person who unlocked the screen")
+        raise Refusal(code, f"{person!r} is not the person who unlocked the screen")
     snapshot = rt.device_client.snapshot(device.access)
     try:
         kept = enroll_image(
             rt, device.serial, session.person, snapshot.jpeg, request_id,
             only_if_empty=False, session=session,
         )  # fmt: skip
-    except FaceIdError as exc:
+    except Refusal as exc:
         if exc.code == "not_you":  # someone else is at the camera: the session is over
-            rt.store.end_unlocked(device.serial)
+            rt.store.end_unlocked(device.serial, now=rt.clock())
         raise
-    rt.store.end_unlocked(device.serial)  # one update per unlock
+    rt.store.end_unlocked(device.serial, now=rt.clock())  # one update per unlock
     return kept
 
 

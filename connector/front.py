@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceverify.errors import config_error
-from faceverify.logs import log
+from faceid_core.errors import config_error
+from faceid_core.logs import log
 
 from .config import ServerConfig
 

@@ -23,9 +23,11 @@ from typing import Any
 
 import google.auth
 import google.auth.transport.requests
-from faceverify.errors import FaceIdError, config_error
-from faceverify.logs import log
+from faceid_core.errors import FaceIdError, config_error, engine_unavailable
+from faceid_core.logs import log
 from google.auth import exceptions, impersonated_credentials, jwt
+
+from .transport import engine_failure, failure
 
 REFRESH_MARGIN_S = 300.0
 TOKEN_HTTP_TIMEOUT_S = 10.0
@@ -36,10 +38,6 @@ IAM_EMULATOR_ENV = "IAM_CREDENTIALS_EMULATOR_HOST"
 IAM_EMULATOR_RE = re.compile(r"^(?:127\.0\.0\.1|localhost|\[::1\]):[0-9]{1,5}$")
 IAM_ACCOUNTS_PATH = "/v1/projects/-/serviceAccounts/"
 CODE_RE = re.compile(r"^[A-Za-z_]{1,40}$")
-
-
-def engine_unavailable(message: str) -> FaceIdError:
-    return FaceIdError(502, "engine_unavailable", message)
 
 
 class _BoundedRequest(google.auth.transport.requests.Request):
@@ -127,8 +125,8 @@ class _IamIdTokens(impersonated_credentials.IDTokenCredentials):
             return request(
                 url=self._iam_url, method="POST", headers=headers, body=json.dumps(body).encode()
             )
-        except exceptions.TransportError:
-            raise engine_unavailable("the IAM Credentials API is unreachable") from None
+        except exceptions.TransportError as exc:  # requests' failure, wrapped by google-auth
+            raise engine_failure(failure(exc), "the IAM Credentials API") from None
 
     def _read(self, response: Any) -> None:
         text = response.data.decode("utf-8", "replace")
@@ -238,8 +236,7 @@ class IdTokenSource:
                 if cached is not None and usable:
                     return cached[0]
                 if self._last_error is not None:
-                    last = self._last_error
-                    raise FaceIdError(last.status, last.code, last.message)
+                    raise self._last_error.fresh()
             try:
                 return self._refresh()
             except FaceIdError as exc:

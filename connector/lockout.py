@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 from .config import PolicyConfig
-from .store import Gate, LockoutState, Store
+from .ports import Clock
+from .store import Gate, LockoutState, Settlement, Store
 
 
 def lock_seconds(failures: int, policy: PolicyConfig) -> int:
@@ -25,9 +25,7 @@ class Lockout:
     """The lockout rule over the store's attempt gate: each verify is counted as a failure when it
     begins and settled when it ends (see Store.begin_attempt)."""
 
-    def __init__(
-        self, store: Store, policy: PolicyConfig, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: Store, policy: PolicyConfig, clock: Clock = time.time) -> None:
         self._store, self._policy, self._clock = store, policy, clock
 
     def check(self, serial: str) -> int:
@@ -55,7 +53,7 @@ class Lockout:
             serial, failed, lease_s=lease_s, max_wait_s=self._policy.lockout_max_s, now=now
         )
 
-    def finish(self, serial: str, gate: Gate, result: str, person: str | None = None) -> int:
+    def finish(self, serial: str, gate: Gate, result: Settlement, person: str | None = None) -> int:
         """Settle the attempt `gate` let go ("match", "failure" or "neutral"); returns the
         lockout a failure started, in seconds (0 if none)."""
         assert gate.token is not None

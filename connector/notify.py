@@ -11,9 +11,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from faceverify.logs import log
+from faceid_core.logs import Severity, log
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ class Attempt:
     """What one send did: "sent", "retry" (after `retry_after_s`, or the backoff when None) or
     "failed" (retrying cannot help)."""
 
-    outcome: str
+    outcome: Literal["sent", "retry", "failed"]
     detail: str = ""
     retry_after_s: float | None = None
 
@@ -200,7 +200,13 @@ class Notifier(Generic[T]):
                 self._cond.wait(left)
 
     def _count(
-        self, outcome: str, message: T, severity: str, text: str, worker: bool = True, **fields: Any
+        self,
+        outcome: str,
+        message: T,
+        severity: Severity,
+        text: str,
+        worker: bool = True,
+        **fields: Any,
     ) -> None:
         with self._cond:
             if worker and self._abandoned:  # close() gave up on this one and counted it already

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faceverify.errors import FaceIdError
+from faceid_core.errors import AuthError, Refusal
 
 SCHEME = "FaceID-HMAC-SHA256"
 REQUEST_CONTEXT = "FACEID-V2"
@@ -44,13 +44,6 @@ _PARAM_RE = re.compile(
 _KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
 #: Stands in for an unknown serial's key, so that a wrong serial costs the same work.
 _NO_KEY = hashlib.sha256(b"faceid: no such device").digest()
-
-
-class AuthError(FaceIdError):
-    """A 401 with its specific code (unauthorized, clock_skew, replayed)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(401, code, message)
 
 
 def unauthorized() -> AuthError:
@@ -150,7 +143,7 @@ class ReplayCache:
         self._lock = threading.Lock()
 
     def first_use(self, serial: str, nonce: str, now: float) -> None:
-        """Remember the pair; raises replayed when it is not new, and a 503 when the cache is
+        """Remember the pair; raises replayed when it is not new, and busy when the cache is
         full of pairs still young enough to be replayed."""
         key = (serial, nonce)
         with self._lock:
@@ -167,7 +160,7 @@ class ReplayCache:
             if now - seen_at <= self.window_s and len(self._seen) < self.size:
                 return
             if now - seen_at <= 2 * MAX_SKEW_S:  # still replayable: never forgotten early
-                raise FaceIdError(503, "busy", "Too many requests to remember; try again shortly")
+                raise Refusal("busy", "Too many requests to remember; try again shortly")
             del self._seen[oldest]
 
 

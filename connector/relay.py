@@ -15,26 +15,35 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.client import RemoteDisconnected
-from typing import Any
+from typing import Any, Literal
 
 import requests
-from faceverify.errors import FaceIdError, config_error
-from faceverify.logs import TRACE_HEADER
-from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
+from faceid_core.contract import ID_MAX_LEN, MAX_REFERENCES, TRACE_HEADER
+from faceid_core.errors import (
+    ComparisonIncomplete,
+    EngineError,
+    FaceError,
+    FaceIdError,
+    InputError,
+    ReferenceUnusable,
+    config_error,
+    engine_unavailable,
+    internal_error,
+)
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .config import FunctionConfig
-from .idtoken import IdTokenSource, engine_unavailable
+from .idtoken import IdTokenSource
+from .transport import engine_failure, failure
 
 Box = tuple[int, int, int, int]
+#: The function's refusals of the picture itself, in the connector's words.
 FACE_CODES = {
     "no_face": "No face was found in the picture",
     "face_too_small": "The face is too small in the picture",
     "too_dark": "The picture is too dark or the camera is covered",
-    "invalid_image": "The comparison service could not read the picture",
 }
+UNREADABLE_IMAGE = "The comparison service could not read the picture"
 TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 CODE_RE = re.compile(r"^[a-z_]{1,40}$")
 MAX_ANSWER_BYTES = 1024 * 1024
@@ -46,7 +55,7 @@ MAX_MESSAGE_CHARS = 300  # of the function's message, quoted in ours
 
 @dataclass(frozen=True)
 class RelayResult:
-    verdict: str  # "match" | "no_match"
+    verdict: Literal["match", "no_match"]
     matched_id: str | None  # one of the ids sent, when verdict is "match"
     score: float
     threshold: float | None
@@ -57,37 +66,12 @@ class RelayResult:
     bytes_sent: int
 
 
-class ReferenceUnusable(FaceIdError):
-    """The function found a face in the probe but none in a stored reference (`reference_id`,
-    one of the ids sent, or None when the answer named none): nothing could match, and it counts
-    as a failed attempt."""
-
-    def __init__(self, reference_id: str | None) -> None:
-        super().__init__(422, "reference_unusable", "A stored reference photo has no usable face")
-        self.reference_id = reference_id
-
-
-def _unreadable() -> FaceIdError:
+def _unreadable() -> EngineError:
     return engine_unavailable("The comparison service answered something unreadable")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _worth_one_retry(exc: requests.ConnectionError) -> bool:
-    """Refused before sending, or a kept-alive connection the server closed just as we reused
-    it (its idle timeout): the comparison stores nothing, so asking again is safe."""
-    cause = exc.args[0] if exc.args else None
-    if isinstance(getattr(cause, "reason", None), NewConnectionError):
-        return True
-    dropped = (RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-    return isinstance(cause, ProtocolError) and any(isinstance(a, dropped) for a in cause.args)
-
-
-def _timed_out_reading(exc: requests.ConnectionError) -> bool:
-    # requests reports a read timeout while streaming the body as a ConnectionError.
-    return bool(exc.args) and isinstance(exc.args[0], ReadTimeoutError)
 
 
 def _b64(data: bytes) -> str:
@@ -131,7 +115,7 @@ class FunctionClient:
         """Compare the probe with up to 10 (id, image) references; the ids are echoed back."""
         ids = [ref_id for ref_id, _ in references]
         if not 1 <= len(ids) <= MAX_REFERENCES or not all(1 <= len(i) <= ID_MAX_LEN for i in ids):
-            raise FaceIdError(500, "internal_error", "References must be 1 to 10 with short ids")
+            raise internal_error("References must be 1 to 10 with short ids")
         body: dict[str, Any] = {
             "probe": _b64(probe_jpeg),
             "references": [{"id": ref_id, "image": _b64(image)} for ref_id, image in references],
@@ -198,10 +182,8 @@ class FunctionClient:
                 raw = _read_limited(response)
         except FaceIdError as exc:
             return exc.message
-        except requests.Timeout:
-            return "the comparison service did not answer in time"
         except requests.RequestException as exc:
-            return f"the comparison service is unreachable ({type(exc).__name__})"
+            return engine_failure(failure(exc), "the comparison service").message
         status = response.status_code
         try:
             answer = json.loads(raw)
@@ -233,7 +215,6 @@ class FunctionClient:
         return answer, round_trip_ms, auth_ms, len(data)
 
     def _send(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, Any, str | None]:
-        timeout_s = self._config.timeout_s
         for attempt in (1, 2):
             try:
                 with self._session.post(
@@ -241,22 +222,12 @@ class FunctionClient:
                 ) as response:
                     raw = _read_limited(response)
                     break
-            except requests.ConnectionError as exc:
-                if attempt == 1 and _worth_one_retry(exc):
-                    continue
-                if isinstance(exc, requests.Timeout) or _timed_out_reading(exc):
-                    raise engine_unavailable(
-                        f"The comparison service timed out (no answer within {timeout_s:g} s)"
-                    ) from None
-                raise engine_unavailable("The comparison service is unreachable") from None
-            except requests.Timeout:
-                raise engine_unavailable(
-                    f"The comparison service timed out (no answer within {timeout_s:g} s)"
-                ) from None
             except requests.RequestException as exc:
-                raise engine_unavailable(
-                    f"The call to the comparison service failed ({type(exc).__name__})"
-                ) from None
+                failed = failure(exc)
+                if attempt == 1 and failed.unsent:  # the comparison stores nothing: ask again
+                    continue
+                timeout_s = self._config.timeout_s
+                raise engine_failure(failed, "The comparison service", timeout_s) from None
         try:
             answer = json.loads(raw)
         except (ValueError, RecursionError):
@@ -314,12 +285,16 @@ def _status_error(
         )
     if status == 422 and code == "reference_unusable":
         named = answer["error"].get("reference_id")
-        return ReferenceUnusable(named if isinstance(named, str) else None)
+        return ReferenceUnusable(
+            named if isinstance(named, str) else None,
+            "A stored reference photo has no usable face",
+        )
     if status == 422 and code in FACE_CODES:
-        return FaceIdError(422, code, FACE_CODES[code])
+        return FaceError(code, FACE_CODES[code])
+    if status == 422 and code == "invalid_image":
+        return InputError(code, UNREADABLE_IMAGE)
     if status == 429:
-        return FaceIdError(
-            429,
+        return EngineError(
             "engine_busy",
             "The comparison service is rate limited",
             retry_after=_retry_after(retry_after),
@@ -331,16 +306,12 @@ def _status_error(
         )
     if 400 <= status < 500:
         detail = (f", {code}" if code else "") + (f": {said}" if said else "")
-        return FaceIdError(
-            500,
-            "internal_error",
-            f"The comparison service refused the connector's request (HTTP {status}{detail})",
+        return internal_error(
+            f"The comparison service refused the connector's request (HTTP {status}{detail})"
         )
     if code == "comparison_incomplete":
-        return FaceIdError(
-            502,
-            code,
-            "Some comparisons did not match and the others failed: not a match, and it counts",
+        return ComparisonIncomplete(
+            "Some comparisons did not match and the others failed: not a match, and it counts"
         )
     if code == "config_error":
         return engine_unavailable("The comparison service is misconfigured")

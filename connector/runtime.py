@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from faceverify.logs import log, set_level
+from faceid_core.logs import Severity, log, set_level
 
 from .auth import FailedAuthLimiter
 from .config import ConnectorConfig
@@ -18,10 +18,11 @@ from .device import DeviceAccess, DeviceClient
 from .health import CachedCheck
 from .lockout import Lockout
 from .metrics import Metrics
+from .ports import Camera, Clock, Comparator, Notices
 from .protocol import Authenticator
 from .relay import FunctionClient
 from .store import DeviceWebSession, Store
-from .webex import Event, WebexNotices, webex_notices
+from .webex import Event, webex_notices
 
 #: A verify's device part ends within device_defaults.budget_s (sign-in + snapshot, 6 s by
 #: default), then this for the sign-out; with function.timeout_s (10 s by default) one verify
@@ -46,17 +47,21 @@ class Device:
 
 @dataclass
 class Runtime:
+    """What the rules (verification.py, enrollment.py) work with. The outward calls are typed
+    by the Protocols of ports.py: build_runtime gives the network clients, tests may give the
+    in-memory ones of memory.py. `lockout` should read the same `clock`."""
+
     config: ConnectorConfig
     store: Store
     devices: dict[str, Device]
-    device_client: DeviceClient
-    function: FunctionClient
+    device_client: Camera
+    function: Comparator
     lockout: Lockout
     auth_limiter: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     last_match: dict[str, float] = field(default_factory=dict)  # serial -> clock() of a match
-    clock: Callable[[], float] = time.time
+    clock: Clock = time.time
     metrics: Metrics = field(default_factory=Metrics)
-    webex: WebexNotices | None = None
+    notices: Notices | None = None  # the administrators' Webex room; None: nobody is told
     function_check: CachedCheck = field(init=False)
     authenticator: Authenticator = field(init=False)
 
@@ -75,14 +80,15 @@ class Runtime:
         key = self.store.device_key(serial)  # looked up for an unknown serial too: same work
         return key if serial in self.devices else None
 
-    def log(self, severity: str, message: str, **fields: Any) -> None:
+    def log(self, severity: Severity, message: str, **fields: Any) -> None:
         log(severity, message, component="connector", **fields)
 
     def audit(
         self, request_id: str, serial: str, action: str, *, recorded: bool = False, **fields: Any
     ) -> None:
-        """Record one request (unless the store `recorded` it with its change) and log it; a
-        failing audit write is logged, never turned into an unlock."""
+        """Record one request (unless the store `recorded` it with its change) and log it (in
+        its trace, the current one); a failing audit write is logged, never turned into an
+        unlock."""
         try:
             if not recorded:
                 self.store.record_audit(
@@ -93,17 +99,16 @@ class Runtime:
         self.log(
             "INFO",
             f"{action} {fields.get('outcome')}",
-            trace=request_id,
             serial=serial,
             **{k: v for k, v in fields.items() if k in ("outcome", "code", "score", "stages_ms")},
         )
 
     def notify(self, event: Event) -> None:
         """Queue a message for the administrators; never blocks and never fails a request."""
-        if self.webex is None:
+        if self.notices is None:
             return
         try:
-            self.webex.notify(event)
+            self.notices.notify(event)
         except Exception as exc:
             self.log("ERROR", "notification failed", error_type=type(exc).__name__)
 
@@ -177,8 +182,8 @@ class Runtime:
 
     def close(self) -> None:
         """At worker exit: drain the Webex queue (bounded), then let go of clients and store."""
-        if self.webex is not None:
-            self.webex.close(NOTIFY_DRAIN_S)
+        if self.notices is not None:
+            self.notices.close(NOTIFY_DRAIN_S)
         self.function.close()
         self.store.close()
 
@@ -212,18 +217,20 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         on_signout_failure=metrics.signout_failed,
     )
     metrics.open_sessions.set_function(lambda: _recorded_sessions(store))
+    clock = time.time
     return Runtime(
         config=config,
         store=store,
         devices=devices,
         device_client=device_client,
         function=FunctionClient(config.function, pool_size=config.server.threads),
-        lockout=Lockout(store, config.policy),
+        lockout=Lockout(store, config.policy, clock),
         auth_limiter=FailedAuthLimiter(
             config.policy.failed_auth_limit, config.policy.failed_auth_window_s
         ),
+        clock=clock,
         metrics=metrics,
-        webex=webex,
+        notices=webex,
     )
 
 

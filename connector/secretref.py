@@ -14,9 +14,9 @@ import os
 import re
 import stat
 
-from faceverify.errors import config_error
-from faceverify.logs import log
-from faceverify.secrets import SECRET_VERSION_RE, access_secret
+from faceid_core.errors import config_error
+from faceid_core.logs import log
+from faceid_core.secrets import SECRET_VERSION_RE, access_secret
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_FILE_BYTES = 64 * 1024

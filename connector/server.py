@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from .app import SHUTDOWN
@@ -34,6 +35,18 @@ class ConnectorServer(BaseApplication):
 
     def load(self) -> Flask:
         return self.factory()
+
+
+class StructuredLogger(glogging.Logger):
+    """gunicorn's own messages (a worker that dies or times out) as lines of the connector's
+    structured stream on stdout (faceid_core.logs), instead of plain text on stderr."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in [h for h in log.handlers if getattr(h, "_gunicorn", False)]:
+                log.removeHandler(handler)
+            log.propagate = True
 
 
 def _worker_exit(_arbiter: Any, worker: Any) -> None:
@@ -74,7 +87,7 @@ def serve(factory: Callable[[], Flask], *, server: ServerConfig) -> None:
         "graceful_timeout": 20,
         "keepalive": 30,
         "accesslog": None,
-        "errorlog": "-",
+        "logger_class": StructuredLogger,
         "loglevel": "warning",
         "control_socket_disable": True,
         "worker_exit": _worker_exit,

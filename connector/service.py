@@ -3,7 +3,7 @@ fast with one clear line, then serve the app built again inside the worker."""
 
 from __future__ import annotations
 
-from faceverify.logs import log
+from faceid_core.logs import log
 from flask import Flask
 
 from .app import create_app

@@ -19,13 +19,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from faceverify.errors import FaceIdError, config_error
-from faceverify.logs import log
-from faceverify.service import MAX_REFERENCES
+from faceid_core.contract import MAX_REFERENCES
+from faceid_core.errors import (
+    FaceIdError,
+    Refusal,
+    StoreError,
+    config_error,
+    store_unavailable,
+)
+from faceid_core.logs import log
 
 from .names import name_key
 
@@ -170,11 +176,17 @@ class DeviceWebSession:
     cookies: dict[str, str] | None = field(repr=False)  # None: failed its integrity check
 
 
+#: What begin_attempt decides (Gate).
+Decision = Literal["go", "busy", "locked_out"]
+#: How an attempt settles (finish_attempt): a match, a failure towards the lockout, or neither.
+Settlement = Literal["match", "failure", "neutral"]
+
+
 class Gate(NamedTuple):
     """What begin_attempt decided: "go" (the attempt holds the device, `token` names its hold),
     "busy" (another attempt does) or "locked_out"; `state` is the lockout as it now stands."""
 
-    decision: str
+    decision: Decision
     state: LockoutState
     token: str | None = None
 
@@ -194,11 +206,7 @@ def _web_session_aad(serial: str) -> bytes:
     return f"faceid-device-session-v1|{serial}".encode()
 
 
-def store_unavailable(message: str) -> FaceIdError:
-    return FaceIdError(503, "store_unavailable", message)
-
-
-def _refused(exc: sqlite3.Error) -> FaceIdError:
+def _refused(exc: sqlite3.Error) -> StoreError:
     """SQLite's own words (disk full, read-only, locked) name the cause and hold no data."""
     return store_unavailable(f"the store refused the operation: {exc}")
 
@@ -458,26 +466,24 @@ class Store:
             names = dict(conn.execute("SELECT name, id FROM people WHERE serial = ?", (serial,)))
             count = len(names)
             if only_if_empty and count > 0:
-                raise FaceIdError(409, "locked", "Someone is already enrolled on this device")
+                raise Refusal("locked", "Someone is already enrolled on this device")
             if session is not None and not self._session_open(
                 conn, serial, session, session_ttl_s, now
             ):
-                raise FaceIdError(409, "session_ended", "The unlocked session ended first")
+                raise Refusal("session_ended", "The unlocked session ended first")
             person_id = names.get(person)
             if person_id is None and session is not None:
-                raise FaceIdError(409, "new_person_needs_admin", f"{person!r} is not enrolled")
+                raise Refusal("new_person_needs_admin", f"{person!r} is not enrolled")
             if person_id is None:
                 key = name_key(person)
                 taken = next((name for name in names if name_key(name) == key), None)
                 if taken is not None:
-                    raise FaceIdError(
-                        409,
+                    raise Refusal(
                         "name_taken",
                         f"{person!r} reads as {taken!r}, who is already enrolled on this device",
                     )
                 if count >= max_people:
-                    raise FaceIdError(
-                        409,
+                    raise Refusal(
                         "too_many_references",
                         f"This device already has {count} people enrolled (at most {max_people})",
                     )
@@ -550,8 +556,7 @@ class Store:
             try:
                 image = self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, ref_id))
             except InvalidTag:
-                raise FaceIdError(
-                    500,
+                raise StoreError(
                     "internal_error",
                     f"Stored reference {ref_id} failed its integrity check: "
                     "the store was modified or damaged",
@@ -756,7 +761,7 @@ class Store:
         self,
         serial: str,
         token: str,
-        result: str,
+        result: Settlement,
         *,
         person: str | None = None,
         now: float | None = None,

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Any
 
-from faceverify.errors import bad_request
+from faceid_core.errors import bad_request
 
 from .names import visible
 

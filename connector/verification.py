@@ -7,22 +7,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceError, FaceIdError, InputError, ReferenceUnusable, Refusal
 
 from .faces import downscale_jpeg
 from .messages import screen_message
-from .relay import ReferenceUnusable
 from .runtime import Device, Runtime
-from .webex import Event
+from .store import Settlement
+from .webex import Event, Verdict
 
 #: Codes that mean "a face was found in the probe and nothing matched it": these count towards
 #: the lockout, whatever went wrong with the references.
 FAILED_ATTEMPT_CODES = frozenset({"not_recognized", "reference_unusable", "comparison_incomplete"})
+#: Failures that are the person's own (the picture, a request refused): nothing for the
+#: operator to act on, so not logged. Every other family is.
+USERS_OWN = (InputError, FaceError, Refusal)
 
 
 @dataclass
 class Outcome:
-    verdict: str  # match | no_match | error
+    verdict: Verdict
     code: str | None
     person: str | None = None
     retry_after_s: int | None = None
@@ -33,7 +36,7 @@ class Outcome:
     subject: str | None = None  # whom a failure is about (reference_unusable), for the admins only
 
     @property
-    def settles_as(self) -> str:
+    def settles_as(self) -> Settlement:
         """How the attempt counts: "match", "failure" (towards the lockout) or "neutral"."""
         if self.verdict == "match":
             return "match"
@@ -77,7 +80,7 @@ def _compare(
         )
     except ReferenceUnusable as exc:
         subject = ids.get(exc.reference_id or "")
-        rt.log("WARNING", exc.message, trace=request_id, serial=device.serial, person=subject)
+        rt.log("WARNING", exc.message, serial=device.serial, person=subject)
         return Outcome("error", exc.code, subject=subject)
     finally:  # the time is spent whether the function answers a verdict or an error
         stages["function"] = _ms(started)
@@ -86,11 +89,11 @@ def _compare(
     return Outcome("no_match", "not_recognized", score=result.score)
 
 
-def log_failure(rt: Runtime, exc: FaceIdError, request_id: str, serial: str) -> None:
+def log_failure(rt: Runtime, exc: FaceIdError, serial: str) -> None:
     """Why a device or the comparison failed, for the operator: the answer carries only the code.
-    Problems with the face itself (4xx but 429) are the user's, and are not logged."""
-    if exc.status >= 500 or exc.status == 429:
-        rt.log("WARNING", exc.message, trace=request_id, serial=serial, code=exc.code)
+    Problems with the face itself and refusals (USERS_OWN) are the user's, and are not logged."""
+    if not isinstance(exc, USERS_OWN):
+        rt.log("WARNING", exc.message, serial=serial, code=exc.code)
 
 
 def _attempt(
@@ -107,7 +110,7 @@ def _attempt(
     try:
         outcome = _compare(rt, device, request_id, stages, probes)
     except FaceIdError as exc:
-        log_failure(rt, exc, request_id, device.serial)
+        log_failure(rt, exc, device.serial)
         outcome = Outcome("error", exc.code, retry_after_s=exc.retry_after)
     finally:
         settles_as = "failure" if outcome.code == "internal_error" else outcome.settles_as
@@ -118,9 +121,7 @@ def _attempt(
     elif wait > 0:
         outcome.retry_after_s = wait
         outcome.lockout_started = True
-        rt.log(
-            "WARNING", "device locked out", trace=request_id, serial=device.serial, lockout_s=wait
-        )
+        rt.log("WARNING", "device locked out", serial=device.serial, lockout_s=wait)
     return outcome
 
 
@@ -134,7 +135,7 @@ def verify(rt: Runtime, device: Device, request_id: str) -> Outcome:
     try:
         outcome = _attempt(rt, device, request_id, stages, probes)
     except FaceIdError as exc:  # the store's: disk full, read-only, closed, damaged
-        log_failure(rt, exc, request_id, device.serial)
+        log_failure(rt, exc, device.serial)
         outcome = Outcome("error", exc.code)
     except Exception as exc:  # fail closed on anything unforeseen
         rt.log("ERROR", "verify failed unexpectedly", error_type=type(exc).__name__)

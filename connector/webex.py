@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
@@ -40,6 +40,12 @@ HEADLINES = {
     ("enroll", "error"): "Enrollment failed",
 }
 SUCCESSES = frozenset({"match", "enrolled"})
+#: What the administrators are told about: a login attempt or an enrollment.
+EventKind = Literal["verify", "enroll"]
+#: A login attempt's verdict (verification.Outcome): only "match" unlocks.
+Verdict = Literal["match", "no_match", "error"]
+#: An enrollment's result (enrollment.EnrollOutcome): "refused" by the rules or the picture.
+EnrollResult = Literal["enrolled", "refused", "error"]
 #: What the administrators should do about an outcome that is theirs to fix.
 ACTIONS = {
     "reference_unusable": "A stored photo of this person has no usable face: remove the person "
@@ -51,10 +57,10 @@ ACTIONS = {
 class Event:
     """One macro request as the administrators are told about it."""
 
-    kind: str  # verify | enroll
+    kind: EventKind
     serial: str
     device_name: str
-    outcome: str  # verify: match | no_match | error; enroll: enrolled | refused | error
+    outcome: Verdict | EnrollResult  # a verify's Verdict, an enroll's EnrollResult
     code: str | None
     person: str | None
     message: str  # what the person at the device read

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.launch import DEMO_DIR, description, enroll, fresh_folder, launch, say
-from demo.macro_client import answer_holds, send
+from devkit.macro_client import answer_holds, send
 
 STACK_JSON = DEMO_DIR / "stack.json"
 #: What each process's command line holds: a pid reused by something else is never signalled.

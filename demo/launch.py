@@ -3,8 +3,6 @@ loaded, and (for `up` and `serve`) the person enrolled."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import sys
@@ -15,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from demo.macro_client import key_text
-from demo.photos import DemoFrames, demo_frames
-from demo.stack import SimDevice, Stack, start_stack
+from devkit.macro_client import key_text
+from devkit.photos import DemoFrames, demo_frames
+from devkit.stack import SimDevice, Stack, start_stack, warm_up
 
 #: The demo's work folder (git-ignored); FACEID_DEMO_DIR moves it (tests use a temporary one).
 DEMO_DIR = Path(os.environ.get("FACEID_DEMO_DIR") or Path(__file__).resolve().parents[1] / ".demo")
@@ -74,14 +70,6 @@ def launch(workdir: Path) -> Launched:
     return Launched(stack, frames)
 
 
-def warm_up(stack: Stack, frame: Path) -> None:
-    """One /inspect call: the networks' first run (their buffers) is paid before anyone waits."""
-    image = base64.b64encode(frame.read_bytes()).decode("ascii")
-    answer = requests.post(stack.function_url + "/inspect", json={"image": image}, timeout=300)
-    if answer.status_code != 200:
-        raise RuntimeError(f"the function could not inspect a frame: {answer.text[:300]}")
-
-
 def enroll(launched: Launched) -> dict[str, Any]:
     """Enroll the demo's person through the connector's API (allowed: nobody is enrolled yet)."""
     device = launched.device
@@ -90,16 +78,6 @@ def enroll(launched: Launched) -> dict[str, Any]:
     if answer.get("result") != "enrolled":
         raise RuntimeError(f"enrolling {launched.frames.person} failed: {answer.get('message')}")
     return dict(answer)
-
-
-def connector_records(stack: Stack) -> Iterator[dict[str, Any]]:
-    """The connector's structured log records (one JSON object per stdout line)."""
-    for line in stack.connector.stdout().splitlines():
-        if line.startswith("{"):
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
 
 
 def description(launched: Launched) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from demo.launch import DEMO_DIR, Launched, connector_records, fresh_folder, launch, say, step
-from demo.macro_client import key_text
-from demo.stack import Stack
+from demo.launch import DEMO_DIR, Launched, fresh_folder, launch, say, step
+from devkit.macro_client import key_text
+from devkit.stack import Stack, connector_records
 
 DRIVER = Path(__file__).with_name("drive_macro.mjs")
 NODE_MIN = (20, 6)

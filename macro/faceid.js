@@ -2,12 +2,15 @@
  * Face login for RoomOS: the screen stays locked until the connector vouches for the face in front
  * of the camera with an answer signed with this device's key (protocol v2, docs/api.md §2).
  *
- * Upload this one file as a macro and activate it; edit SETTINGS first (see docs/macro.md).
+ * Upload this one file as a macro and activate it; edit SETTINGS first (see macro/README.md).
  * Runs on the device's QuickJS macro runtime: ES2020, xapi, timers, console; no fetch, no crypto.
  */
 import xapi from 'xapi';
 
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
+// EDIT BELOW: SETTINGS for this device, and MESSAGES if the screen should say it differently.
+// =============================================================================================
+
 // Settings. Anything written here can be read by the device's administrators.
 const SETTINGS = {
   // Base URL of the connector: scheme, host and port only.
@@ -27,35 +30,11 @@ const SETTINGS = {
   // Per HTTP request, 1 to 29 seconds (the device's own limit is 30).
   requestTimeoutSeconds: 25,
 };
-// ---------------------------------------------------------------------------------------------
 
-const TITLE = 'Face login';
-const KEY_BYTES = 32;
-// A verify answer is valid for at most ANSWER_TTL_S; clocks may differ by ANSWER_SKEW_S.
-const ANSWER_TTL_S = 30;
-const ANSWER_SKEW_S = 5;
-const AUTH_SCHEME = 'FaceID-HMAC-SHA256';
-const REQUEST_CONTEXT = 'FACEID-V2';
-const ANSWER_CONTEXT = 'FACEID-V2-ANSWER';
-const SIGNATURE_HEADER = 'x-faceid-signature';
-const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-const MESSAGE_DURATION_S = 10;
-const NO_CONNECTION_ATTEMPTS = 5;
-const NO_CONNECTION_RETRY_MS = 1000;
-const PROGRESS_TICK_MS = 1000;
-const ENROLL_FEEDBACK_ID = 'faceid_enroll_name';
-const VERDICTS = ['match', 'no_match', 'error'];
-const LOCKING_STANDBY_STATES = ['EnteringStandby', 'Standby', 'Halfwake'];
-
-export const PANELS = {
-  login: { id: 'faceid_login', order: 1, icon: 'Camera', color: '#1D805F',
-    name: 'Unlock with my face' },
-  logout: { id: 'faceid_logout', order: 2, icon: 'Power', color: '#A12830', name: 'Lock screen' },
-  enroll: { id: 'faceid_enroll', order: 3, icon: 'Info', color: '#1170CF',
-    name: 'Update my photo' },
-};
-
-/** What the person at the device reads when the macro itself decides (not the connector). */
+/**
+ * What the person at the device reads when the macro itself decides (not the connector).
+ * Each alert shows at most 255 characters.
+ */
 export const MESSAGES = {
   look: 'Look at the camera…',
   lidClosed: 'The camera lid is closed. Open it, then tap "Unlock with my face" again.',
@@ -88,114 +67,35 @@ export const MESSAGES = {
   enrollText: 'Type your name, then look at the camera.',
 };
 
-// ---------------------------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104): the runtime has no crypto API.
+// =============================================================================================
+// NOTHING TO EDIT BELOW THIS LINE.
+// =============================================================================================
 
-const K = [
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
+const TITLE = 'Face login';
+const KEY_BYTES = 32;
+// A verify answer is valid for at most ANSWER_TTL_S; clocks may differ by ANSWER_SKEW_S.
+const ANSWER_TTL_S = 30;
+const ANSWER_SKEW_S = 5;
+const AUTH_SCHEME = 'FaceID-HMAC-SHA256';
+const REQUEST_CONTEXT = 'FACEID-V2';
+const ANSWER_CONTEXT = 'FACEID-V2-ANSWER';
+const SIGNATURE_HEADER = 'x-faceid-signature';
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+const MESSAGE_DURATION_S = 10;
+const NO_CONNECTION_ATTEMPTS = 5;
+const NO_CONNECTION_RETRY_MS = 1000;
+const PROGRESS_TICK_MS = 1000;
+const ENROLL_FEEDBACK_ID = 'faceid_enroll_name';
+const VERDICTS = ['match', 'no_match', 'error'];
+const LOCKING_STANDBY_STATES = ['EnteringStandby', 'Standby', 'Halfwake'];
 
-/** UTF-8 bytes of a string, as Python's str.encode() gives them (lone surrogates become U+FFFD). */
-export function utf8Encode(text) {
-  const out = [];
-  for (let i = 0; i < text.length; i++) {
-    let c = text.charCodeAt(i);
-    if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
-      const low = text.charCodeAt(i + 1);
-      if (low >= 0xdc00 && low < 0xe000) {
-        c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
-        i++;
-      }
-    }
-    if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
-    if (c < 0x80) out.push(c);
-    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-    else {
-      out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-    }
-  }
-  return new Uint8Array(out);
-}
-
-function asBytes(data) {
-  return typeof data === 'string' ? utf8Encode(data) : data;
-}
-
-/** SHA-256 of a string (UTF-8) or a Uint8Array; returns 32 bytes. */
-export function sha256(data) {
-  const bytes = asBytes(data);
-  const length = bytes.length;
-  const padded = new Uint8Array(Math.ceil((length + 9) / 64) * 64);
-  padded.set(bytes);
-  padded[length] = 0x80;
-  const end = padded.length;
-  const bitsHigh = Math.floor(length / 0x20000000);
-  const bitsLow = (length * 8) >>> 0;
-  for (let i = 0; i < 4; i++) {
-    padded[end - 8 + i] = (bitsHigh >>> (24 - 8 * i)) & 255;
-    padded[end - 4 + i] = (bitsLow >>> (24 - 8 * i)) & 255;
-  }
-  const h = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-    0x5be0cd19];
-  const w = new Int32Array(64);
-  for (let offset = 0; offset < end; offset += 64) {
-    for (let i = 0; i < 16; i++) {
-      const j = offset + 4 * i;
-      w[i] = (padded[j] << 24) | (padded[j + 1] << 16) | (padded[j + 2] << 8) | padded[j + 3];
-    }
-    for (let i = 16; i < 64; i++) {
-      const x = w[i - 15];
-      const y = w[i - 2];
-      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
-    }
-    let a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
-    for (let i = 0; i < 64; i++) {
-      const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-      const t1 = (k + s1 + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
-      const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-      const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
-      k = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
-    }
-    h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
-    h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + k) | 0;
-  }
-  const digest = new Uint8Array(32);
-  for (let i = 0; i < 32; i++) digest[i] = (h[i >> 2] >>> (24 - 8 * (i & 3))) & 255;
-  return digest;
-}
-
-/** HMAC-SHA256; key and message are strings (UTF-8) or Uint8Arrays; returns 32 bytes. */
-export function hmacSha256(key, message) {
-  let keyBytes = asBytes(key);
-  if (keyBytes.length > 64) keyBytes = sha256(keyBytes);
-  const body = asBytes(message);
-  const inner = new Uint8Array(64 + body.length);
-  const outer = new Uint8Array(64 + 32);
-  for (let i = 0; i < 64; i++) {
-    const byte = i < keyBytes.length ? keyBytes[i] : 0;
-    inner[i] = byte ^ 0x36;
-    outer[i] = byte ^ 0x5c;
-  }
-  inner.set(body, 64);
-  outer.set(sha256(inner), 64);
-  return sha256(outer);
-}
-
-export function toHex(bytes) {
-  let out = '';
-  for (let i = 0; i < bytes.length; i++) out += (bytes[i] < 16 ? '0' : '') + bytes[i].toString(16);
-  return out;
-}
+export const PANELS = {
+  login: { id: 'faceid_login', order: 1, icon: 'Camera', color: '#1D805F',
+    name: 'Unlock with my face' },
+  logout: { id: 'faceid_logout', order: 2, icon: 'Power', color: '#A12830', name: 'Lock screen' },
+  enroll: { id: 'faceid_enroll', order: 3, icon: 'Info', color: '#1170CF',
+    name: 'Update my photo' },
+};
 
 // ---------------------------------------------------------------------------------------------
 // Protocol v2 (docs/api.md §2): every request and every answer is signed with the device key.
@@ -571,10 +471,15 @@ function noteActivity() {
 // ---------------------------------------------------------------------------------------------
 // Device facts.
 
+/** The connector's rule for serials (docs/api.md §2): 1 to 64 of A-Z, a-z, 0-9, '_' and '-'. */
+export function cleanSerial(value) {
+  return typeof value === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(value) ? value : null;
+}
+
 async function readSerial() {
   const serial = await attempt('reading the serial number', () =>
     xapi.Status.SystemUnit.Hardware.Module.SerialNumber.get());
-  return typeof serial === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(serial) ? serial : null;
+  return cleanSerial(serial);
 }
 
 /** Desk models report the camera lid; elsewhere the status does not exist (error code 3). */
@@ -897,6 +802,120 @@ export async function start(overrides = {}) {
   subscribe();
   await reportPrerequisites();
 }
+
+// ---------------------------------------------------------------------------------------------
+// SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104): the runtime has no crypto API. Checked
+// against the published test vectors and Node's crypto (test/sha256.test.mjs).
+
+const K = [
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+/** UTF-8 bytes of a string, as Python's str.encode() gives them (lone surrogates become U+FFFD). */
+export function utf8Encode(text) {
+  const out = [];
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i);
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
+      const low = text.charCodeAt(i + 1);
+      if (low >= 0xdc00 && low < 0xe000) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
+        i++;
+      }
+    }
+    if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else {
+      out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+  }
+  return new Uint8Array(out);
+}
+
+function asBytes(data) {
+  return typeof data === 'string' ? utf8Encode(data) : data;
+}
+
+/** SHA-256 of a string (UTF-8) or a Uint8Array; returns 32 bytes. */
+export function sha256(data) {
+  const bytes = asBytes(data);
+  const length = bytes.length;
+  const padded = new Uint8Array(Math.ceil((length + 9) / 64) * 64);
+  padded.set(bytes);
+  padded[length] = 0x80;
+  const end = padded.length;
+  const bitsHigh = Math.floor(length / 0x20000000);
+  const bitsLow = (length * 8) >>> 0;
+  for (let i = 0; i < 4; i++) {
+    padded[end - 8 + i] = (bitsHigh >>> (24 - 8 * i)) & 255;
+    padded[end - 4 + i] = (bitsLow >>> (24 - 8 * i)) & 255;
+  }
+  const h = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+    0x5be0cd19];
+  const w = new Int32Array(64);
+  for (let offset = 0; offset < end; offset += 64) {
+    for (let i = 0; i < 16; i++) {
+      const j = offset + 4 * i;
+      w[i] = (padded[j] << 24) | (padded[j + 1] << 16) | (padded[j + 2] << 8) | padded[j + 3];
+    }
+    for (let i = 16; i < 64; i++) {
+      const x = w[i - 15];
+      const y = w[i - 2];
+      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+    }
+    let a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (let i = 0; i < 64; i++) {
+      const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+      const t1 = (k + s1 + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
+      const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+      const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      k = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
+    h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + k) | 0;
+  }
+  const digest = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) digest[i] = (h[i >> 2] >>> (24 - 8 * (i & 3))) & 255;
+  return digest;
+}
+
+/** HMAC-SHA256; key and message are strings (UTF-8) or Uint8Arrays; returns 32 bytes. */
+export function hmacSha256(key, message) {
+  let keyBytes = asBytes(key);
+  if (keyBytes.length > 64) keyBytes = sha256(keyBytes);
+  const body = asBytes(message);
+  const inner = new Uint8Array(64 + body.length);
+  const outer = new Uint8Array(64 + 32);
+  for (let i = 0; i < 64; i++) {
+    const byte = i < keyBytes.length ? keyBytes[i] : 0;
+    inner[i] = byte ^ 0x36;
+    outer[i] = byte ^ 0x5c;
+  }
+  inner.set(body, 64);
+  outer.set(sha256(inner), 64);
+  return sha256(outer);
+}
+
+export function toHex(bytes) {
+  let out = '';
+  for (let i = 0; i < bytes.length; i++) out += (bytes[i] < 16 ? '0' : '') + bytes[i].toString(16);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start. On the device the macro starts when it is loaded: last in the file, so that every
+// constant above (the SHA-256 table too) is defined before start() runs.
 
 if (xapi.manualStart !== true) {
   start().catch((err) => log(`start failed: ${errorText(err)}`));

@@ -1,6 +1,6 @@
-"""Whole-run check that no secret the tests used reached a log (tests/secrets_used.py).
+"""Whole-run check that no secret the tests used reached a log (devkit/secrets_used.py).
 
-Read: the stdout and stderr of every child process started through tests/procs.py (when its
+Read: the stdout and stderr of every child process started through devkit/procs.py (when its
 output is final), what pytest captured of every test phase (stdout, stderr, logging) and the
 failure report, and at the end every log file under the run's base temporary directory, against
 all secrets registered by then. A leak fails the test phase during which it was printed (the
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
-from connector.simulator import DeviceSimulator
-from tests import procs
-from tests.fakes.mxface import FakeMXFace
-from tests.infra import terraform_module
-from tests.secrets_used import (
+from devkit import procs
+from devkit.fakes.mxface import FakeMXFace
+from devkit.secrets_used import (
     TALLY,
     Finding,
     redact,
@@ -30,6 +29,10 @@ from tests.secrets_used import (
     register_environment,
     registered,
 )
+from devkit.simulator import DeviceSimulator
+from tests.support.infra import terraform_module
+from tests.support.memory_runtime import Rig, memory_rig
+from tests.support.slow_guard import SlowGuard
 
 # Property-based tests are reproducible: every run draws the same examples (their seed is derived
 # from each test's name), nothing is remembered between runs, and a failure prints the blob that
@@ -93,6 +96,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     procs.watchers.append(_watch)
     _register_simulator_accounts()
+    config.pluginmanager.register(SlowGuard(), "faceid-slow-guard")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -198,13 +202,40 @@ def fake() -> Any:
 
 @pytest.fixture(scope="module")
 def app() -> Any:
-    """The function's Flask app as functions-framework builds it (engine read per request)."""
+    """The function's Flask app as functions-framework builds it (engine read per request).
+    Built with the mxface engine, as its tests then set it: the start-up check would otherwise
+    load the local face engine, which only tests marked slow may do."""
     import functions_framework
 
-    return functions_framework.create_app("verify_faces", str(procs.REPO / "function" / "main.py"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACE_ENGINE", "mxface")
+        mp.setenv("MXFACE_KEY", "start-up-check-only")
+        main = str(procs.REPO / "function" / "main.py")
+        return functions_framework.create_app("verify_faces", main)
 
 
 @pytest.fixture(scope="module")
 def tf() -> dict[str, list[Any]]:
     """infra/terraform parsed once per module."""
     return terraform_module()
+
+
+@pytest.fixture(scope="module")
+def no_google_metadata() -> Iterator[None]:
+    """Whatever google-auth tries beyond our fake token endpoint lands on a closed local port
+    (for modules that use real google-auth flows: `pytest.mark.usefixtures`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        nowhere = f"127.0.0.1:{procs.free_port()}"
+        mp.setenv("GCE_METADATA_HOST", nowhere)
+        mp.setenv("GCE_METADATA_IP", nowhere)
+        mp.setenv("NO_GCE_CHECK", "true")
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        yield
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A connector Runtime on the in-memory fakes and a real store: rules in milliseconds."""
+    made = memory_rig(tmp_path)
+    yield made
+    made.close()

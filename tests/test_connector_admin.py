@@ -9,16 +9,18 @@ import json
 import pytest
 
 from connector.config import load_config
-from demo.macro_client import key_text
-from demo.photos import write_frames
-from demo.stack import start_stack
-from tests.connector_e2e import (
+from devkit.connector_e2e import (
     assert_error,
     open_sessions,
     open_store,
     sim_stats,
     verify,
 )
+from devkit.macro_client import key_text
+from devkit.photos import write_frames
+from devkit.stack import start_stack
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 PERSON = "Grace Hopper"
 

@@ -7,12 +7,10 @@ import base64
 import os
 import re
 import stat
-from pathlib import Path
 
 import pytest
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 
-import connector.config as config_module
 from connector.config import (
     ConnectorConfig,
     DeviceDefaults,
@@ -23,21 +21,15 @@ from connector.config import (
     config_path,
     decode_store_key,
     load_config,
+    reference,
     remove_device,
 )
 from connector.secretref import resolve_secret
-from tests.fakes.secret_manager import FakeSecretManager
-from tests.procs import REPO
+from devkit.fakes.secret_manager import FakeSecretManager
+from devkit.procs import REPO
+from tests.support.connector_config import BASE, load_error, write
 
 EXAMPLE = REPO / "infra" / "connector" / "faceid.example.toml"
-BASE = """\
-[function]
-url = "https://europe-west1-p.cloudfunctions.net/verify_faces"
-
-[store]
-path = "state/faceid.db"
-key = "env:FACEID_TEST_STORE_KEY"
-"""
 
 
 def device(serial: str = "FOC1", **fields: str) -> str:
@@ -51,21 +43,6 @@ def device(serial: str = "FOC1", **fields: str) -> str:
     }
     body = "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
     return f"\n[[devices]]\n{body}"
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "faceid.toml"
-    path.write_text(text)
-    return path
-
-
-def load_error(tmp_path: Path, text: str) -> str:
-    path = write(tmp_path, text)
-    with pytest.raises(FaceIdError) as caught:
-        load_config(path)
-    assert caught.value.code == "config_error"
-    assert caught.value.message.startswith(f"{path}: ")
-    return caught.value.message[len(f"{path}: ") :]
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -94,11 +71,11 @@ def test_the_example_file_loads():
 
 
 def documented_defaults() -> list[tuple[str, str, object]]:
-    """(section, field, value) of every literal default in config.py's table."""
+    """(section, field, value) of every literal default in README's table (`reference()`)."""
     import tomllib
 
     rows = []
-    for m in re.finditer(r"^\| `(\w+)\.(\w+)` \| `([^`]+)` \|", config_module.__doc__ or "", re.M):
+    for m in re.finditer(r"^\| `(\w+)\.(\w+)` \| `([^`]+)` \|", reference(), re.M):
         try:
             value = tomllib.loads(f"v = {m.group(3)}")["v"]
         except tomllib.TOMLDecodeError:
@@ -115,14 +92,6 @@ def test_defaults_are_the_documented_ones(tmp_path):
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
     assert config.policy.threshold is None and config.devices == ()
-
-
-def test_readme_documents_every_connector_field_as_the_module_does():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    rows = [line for line in (config_module.__doc__ or "").splitlines() if line.startswith("| `")]
-    assert len(rows) > 30
-    missing = [row for row in rows if row not in readme.splitlines()]
-    assert not missing, f"README.md lacks or differs on: {missing}"
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):

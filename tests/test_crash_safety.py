@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import requests
 
-from demo.photos import write_frames
-from demo.stack import SimDevice, Stack, start_stack
-from tests.connector_e2e import enroll, open_sessions, open_store, status, verify
-from tests.fakes.mxface import FakeMXFace, match
-from tests.proc_group import crash
+from devkit.connector_e2e import enroll, open_sessions, open_store, status, verify
+from devkit.fakes.mxface import FakeMXFace, match
+from devkit.photos import write_frames
+from devkit.proc_group import crash
+from devkit.stack import SimDevice, Stack, start_stack
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 DEVICES = 8  # one enrollment per device and round: 1 + 8 rounds stay within 10 photos each
 #: A round starts one enrollment every STAGGER (in multiples of one enrollment's duration
@@ -72,7 +74,7 @@ def world(tmp_path_factory) -> Iterator[World]:
             in_process=True,  # the simulators outlive every connector crash
             function_env={
                 "FACE_ENGINE": "mxface",
-                "MXFACE_API_URL": mxface.url,
+                "MXFACE_API_URL": mxface.verify_url,
                 "MXFACE_KEY": mxface.key,
                 "MXFACE_KEY_SECRET": None,
             },

@@ -14,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
-from demo.macro_client import answer_holds, send
-from tests.procs import REPO, start_module
-from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg
+from devkit.macro_client import answer_holds, send
+from devkit.procs import REPO, start_module
+from devkit.samples import astronaut_jpeg, b64, grace_hopper_jpeg
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 
 def demo(command: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +80,7 @@ def test_demo_up_leaves_a_working_stack_after_it_exits_and_down_stops_it(tmp_pat
 def test_one_simulator_process_serves_several_devices_each_with_its_own_sessions(tmp_path):
     ca = tmp_path / "sim.pem"
     args = ["--account", "admin:pw", "--devices", "2", "--cert-out", str(ca)]
-    with start_module("connector.simulator", args, ready_line=r"^https://\S+") as sim:
+    with start_module("devkit.simulator", args, ready_line=r"^https://\S+") as sim:
         deadline = time.monotonic() + 10
         while len(urls := re.findall(r"^https://\S+", sim.stdout(), re.M)) < 2:
             assert time.monotonic() < deadline, sim.stdout()
@@ -103,7 +106,7 @@ def test_one_simulator_process_serves_several_devices_each_with_its_own_sessions
 def test_fake_mxface_process_matches_any_pair_and_finds_the_given_face_box():
     key = secrets.token_urlsafe(16)
     args = ["--verify", "match", "--face-box", "400,105,165,190"]
-    with start_module("tests.fakes.mxface", args, env={"FAKE_MXFACE_KEY": key}) as fake:
+    with start_module("devkit.fakes.mxface", args, env={"FAKE_MXFACE_KEY": key}) as fake:
         headers = {"Subscriptionkey": key}
         pair = {"encoded_image1": b64(grace_hopper_jpeg()), "encoded_image2": b64(astronaut_jpeg())}
         compared = requests.post(fake.url, json=pair, headers=headers, timeout=5).json()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra import (
+from tests.support.infra import (
     DEPLOY,
     NOT_TUNING,
     ROOT,
@@ -30,6 +30,8 @@ from tests.infra import (
     tool,
     variables,
 )
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 
 def test_deploy_dry_run_creates_only_after_a_describe_and_deploys_privately():

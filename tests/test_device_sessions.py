@@ -16,20 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 from PIL import Image
 
 from connector.config import load_config
 from connector.device import SIGNIN_PATH, DeviceAccess, DeviceClient, TlsPolicy
 from connector.runtime import build_runtime
-from connector.simulator import DeviceSimulator
 from connector.store import Store
-from demo.photos import write_frames
-from demo.stack import start_stack
-from tests.connector_e2e import open_store
-from tests.proc_group import crash
-from tests.procs import free_port
-from tests.secrets_used import register as register_secret
+from devkit.connector_e2e import open_store
+from devkit.photos import write_frames
+from devkit.proc_group import crash
+from devkit.procs import free_port
+from devkit.secrets_used import register as register_secret
+from devkit.simulator import DeviceSimulator
+from devkit.stack import start_stack
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)
 
@@ -243,6 +243,7 @@ def test_a_leftover_the_device_no_longer_knows_is_forgotten(sim, runtime_for):
 # --- the whole stack: SIGKILL during a snapshot, then a restart ---------------------------------
 
 
+@pytest.mark.slow
 def test_a_session_held_by_a_killed_connector_is_signed_out_when_it_starts_again(tmp_path):
     frames = write_frames(tmp_path / "frames")
     stack = start_stack(

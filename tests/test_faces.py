@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 from PIL import Image
 
 from connector.faces import crop_face, downscale_jpeg
-from tests.samples import astronaut_image
+from devkit.samples import astronaut_image
 
 
 def jpeg(image: Image.Image, quality: int = 92) -> bytes:

@@ -4,7 +4,7 @@ signed non-match with a specific code and a clear message, and GET /v1/status sa
 not unlocked. Each test then shows that the same device unlocks once the fault is gone: only the
 fault kept it locked.
 
-One stack (demo.stack.start_stack) serves the module: the connector process; a device simulator
+One stack (devkit.stack.start_stack) serves the module: the connector process; a device simulator
 process (the camera, switched per test) and an in-process simulator whose account the connector
 has the wrong password for; the real function with FACE_ENGINE=mxface, its key read from a fake
 Secret Manager (MXFACE_KEY_SECRET), comparing through a fake MXFace that matches every face it
@@ -33,18 +33,14 @@ from typing import Any
 import grpc
 import pytest
 import requests
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 from PIL import Image
 
 from connector.app import create_app
 from connector.config import DeviceDefaults, load_config
 from connector.device import SIGNIN_PATH, SIGNOUT_PATH
 from connector.runtime import SIGNOUT_BUDGET_S, build_runtime
-from connector.simulator import DeviceSimulator
-from demo.macro_client import authorization, body_bytes
-from demo.photos import write_frames
-from demo.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
-from tests.connector_e2e import (
+from devkit.connector_e2e import (
     assert_error,
     enroll,
     extra_device,
@@ -53,8 +49,8 @@ from tests.connector_e2e import (
     status,
     verify,
 )
-from tests.fakes.function import json_reply, match_answer
-from tests.fakes.mxface import (
+from devkit.fakes.function import json_reply, match_answer
+from devkit.fakes.mxface import (
     FakeMXFace,
     Reply,
     match,
@@ -63,8 +59,12 @@ from tests.fakes.mxface import (
     server_error,
     unauthorized,
 )
-from tests.fakes.secret_manager import FakeSecretManager
-from tests.samples import b64, grace_hopper_jpeg
+from devkit.fakes.secret_manager import FakeSecretManager
+from devkit.macro_client import authorization, body_bytes
+from devkit.photos import write_frames
+from devkit.samples import b64, grace_hopper_jpeg
+from devkit.simulator import DeviceSimulator
+from devkit.stack import SIM_ACCOUNT, SimDevice, Stack, start_stack
 
 pytestmark = pytest.mark.slow
 
@@ -255,7 +255,7 @@ def world(tmp_path_factory) -> Iterator[World]:
                 images=frames["grace_hopper"],
                 function_env={
                     "FACE_ENGINE": "mxface",
-                    "MXFACE_API_URL": mx.url,
+                    "MXFACE_API_URL": mx.verify_url,
                     "MXFACE_KEY": None,
                     "MXFACE_KEY_SECRET": f"{SECRET}/versions/latest",
                     "SECRET_MANAGER_EMULATOR_HOST": sm.address,
@@ -517,7 +517,7 @@ def test_a_secret_manager_failure_keeps_the_device_locked(world, camera, break_i
 
 
 class _Answer:
-    """What tests.connector_e2e reads of a requests.Response, from a Flask test response."""
+    """What devkit.connector_e2e reads of a requests.Response, from a Flask test response."""
 
     def __init__(self, response: Any, request_headers: dict[str, str]) -> None:
         self.status_code = response.status_code

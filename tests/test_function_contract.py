@@ -11,18 +11,17 @@ from faceverify.config import load_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
+from devkit.samples import astronaut_jpeg, b64, small_png, verify_request
+from tests.support.function_bodies import GOOD, JPEG, json_values
 
-JPEG = grace_hopper_jpeg()
 PNG = small_png()
-GOOD = verify_request(JPEG, {"alice": JPEG})
 
 
 @pytest.fixture
 def client(app, fake, monkeypatch):
     fake.reset()
     monkeypatch.setenv("FACE_ENGINE", "mxface")
-    monkeypatch.setenv("MXFACE_API_URL", fake.url)
+    monkeypatch.setenv("MXFACE_API_URL", fake.verify_url)
     monkeypatch.setenv("MXFACE_KEY", fake.key)
     for name in ("MXFACE_KEY_SECRET", "MAX_REQUEST_BYTES", "MAX_IMAGE_PIXELS"):
         monkeypatch.delenv(name, raising=False)
@@ -272,13 +271,6 @@ def test_a_threshold_setting_at_its_floor_is_taken():
 
 # -- nothing crashes ---------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 field_values = json_values | st.sampled_from([b64(JPEG), "data:image/png;base64,", "QUJD"])
 
 

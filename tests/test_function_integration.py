@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 
 from connector.config import FunctionConfig
 from connector.relay import FunctionClient
-from tests.fakes.mxface import (
+from devkit.fakes.mxface import (
     DETECT_PATH,
     VERIFY_PATH,
     FakeMXFace,
@@ -32,9 +32,9 @@ from tests.fakes.mxface import (
     slow,
     unauthorized,
 )
-from tests.fakes.secret_manager import FakeSecretManager
-from tests.procs import start_function
-from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, verify_request
+from devkit.fakes.secret_manager import FakeSecretManager
+from devkit.procs import start_function
+from devkit.samples import astronaut_jpeg, b64, grace_hopper_jpeg, verify_request
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def function(fakes):
     mx, sm = fakes
     env = {
         "FACE_ENGINE": "mxface",
-        "MXFACE_API_URL": mx.url,
+        "MXFACE_API_URL": mx.verify_url,
         "MXFACE_KEY": None,
         "MXFACE_KEY_SECRET": f"{SECRET}/versions/latest",
         "SECRET_MANAGER_EMULATOR_HOST": sm.address,

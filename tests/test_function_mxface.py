@@ -10,7 +10,7 @@ import pytest
 from faceverify.config import load_settings
 from faceverify.engines import mxface
 
-from tests.fakes.mxface import (
+from devkit.fakes.mxface import (
     DETECT_PATH,
     VERIFY_PATH,
     Reply,
@@ -27,8 +27,8 @@ from tests.fakes.mxface import (
     slow,
     unauthorized,
 )
-from tests.procs import REPO, free_port
-from tests.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
+from devkit.procs import REPO, free_port
+from devkit.samples import astronaut_jpeg, b64, grace_hopper_jpeg, small_png, verify_request
 
 PROBE = astronaut_jpeg(30_000, 512)
 ALICE = grace_hopper_jpeg()
@@ -41,7 +41,7 @@ ENTRY = {k: v for k, v in match().body["matchedFaces"][0].items() if k.startswit
 def client(app, fake, monkeypatch):
     fake.reset()
     monkeypatch.setenv("FACE_ENGINE", "mxface")
-    monkeypatch.setenv("MXFACE_API_URL", fake.url)
+    monkeypatch.setenv("MXFACE_API_URL", fake.verify_url)
     monkeypatch.setenv("MXFACE_KEY", fake.key)
     monkeypatch.setenv("UPSTREAM_TIMEOUT_S", "2")
     for name in ("MXFACE_KEY_SECRET", "MXFACE_MIN_CONFIDENCE", "GOOGLE_CLOUD_PROJECT"):

@@ -11,13 +11,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from faceverify.errors import FaceIdError
-from faceverify.secrets import mxface_key_source
+from faceid_core.errors import FaceIdError
+from faceid_core.secrets import mxface_key_source
 
-from tests.fakes.mxface import unauthorized
-from tests.fakes.secret_manager import FakeSecretManager
-from tests.procs import free_port
-from tests.samples import grace_hopper_jpeg, verify_request
+from devkit.fakes.mxface import unauthorized
+from devkit.fakes.secret_manager import FakeSecretManager
+from devkit.procs import free_port
+from devkit.samples import grace_hopper_jpeg, verify_request
 
 BODY = verify_request(grace_hopper_jpeg(), {"alice": grace_hopper_jpeg()})
 
@@ -36,7 +36,7 @@ def secret(sm, fake, monkeypatch):
     name = f"projects/test-project/secrets/mxface-{uuid.uuid4().hex[:12]}"
     sm.add_version(name, fake.key)
     monkeypatch.setenv("FACE_ENGINE", "mxface")
-    monkeypatch.setenv("MXFACE_API_URL", fake.url)
+    monkeypatch.setenv("MXFACE_API_URL", fake.verify_url)
     monkeypatch.setenv("MXFACE_KEY_SECRET", f"{name}/versions/latest")
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", sm.address)
     monkeypatch.setenv("UPSTREAM_TIMEOUT_S", "3")

@@ -20,19 +20,20 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import validation
+from connector.app import status_of
 from connector.names import visible
 from connector.protocol import AuthError, parse_authorization
-from demo.macro_client import authorization, key_text
-from demo.photos import write_frames
-from demo.stack import Stack, start_stack
-from tests.connector_e2e import enroll, open_store, status, verify
-from tests.procs import REPO
-from tests.test_function_contract import json_values
+from devkit.connector_e2e import enroll, open_store, status, verify
+from devkit.macro_client import authorization, key_text
+from devkit.photos import write_frames
+from devkit.procs import REPO
+from devkit.stack import Stack, start_stack
+from tests.support.function_bodies import json_values
 
 DEVICE = "SIM0000"  # the serial start_stack gives its first device
 ALLOWED = frozenset(string.ascii_letters + string.digits + "_-")
@@ -152,7 +153,7 @@ def name_like() -> st.SearchStrategy[Any]:
 def assert_bad_request(call: Any, value: Any) -> None:
     with pytest.raises(FaceIdError) as refused:
         call(value)
-    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    assert (status_of(refused.value), refused.value.code) == (400, "bad_request")
 
 
 @fuzz(300)
@@ -178,7 +179,7 @@ def test_nonce_rule_accepts_exactly_the_documented_alphabet_and_length(value):
     else:
         with pytest.raises(AuthError) as refused:
             parse_authorization(header)
-        assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+        assert (status_of(refused.value), refused.value.code) == (401, "unauthorized")
 
 
 @fuzz(300)

@@ -22,16 +22,16 @@ from typing import Any
 
 import pytest
 import requests
+from faceid_core.contract import ID_MAX_LEN, MAX_REFERENCES
+from faceid_core.images import JPEG_DRAFT_PIXELS
 from faceverify.config import Settings
-from faceverify.images import JPEG_DRAFT_PIXELS
-from faceverify.service import ID_MAX_LEN, MAX_REFERENCES
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.procs import REPO, ServerProcess, start_function
-from tests.samples import b64, grace_hopper_jpeg, verify_request
-from tests.test_function_contract import GOOD, JPEG, json_values
+from devkit.procs import REPO, ServerProcess, start_function
+from devkit.samples import b64, grace_hopper_jpeg, verify_request
+from tests.support.function_bodies import GOOD, JPEG, json_values
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,12 @@ def grace_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def mxface_fn(fake):
-    env = {**DEFAULTS, "FACE_ENGINE": "mxface", "MXFACE_API_URL": fake.url, "MXFACE_KEY": fake.key}
+    env = {
+        **DEFAULTS,
+        "FACE_ENGINE": "mxface",
+        "MXFACE_API_URL": fake.verify_url,
+        "MXFACE_KEY": fake.key,
+    }
     with start_function("verify_faces", "function/main.py", env) as server:
         yield server
 

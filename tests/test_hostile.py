@@ -11,10 +11,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from demo.photos import write_frames
-from demo.stack import start_stack
-from tests.connector_e2e import status
-from tests.hostile import HostileClient
+from devkit.connector_e2e import status
+from devkit.hostile import HostileClient
+from devkit.photos import write_frames
+from devkit.stack import start_stack
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 CAP = 64  # server.max_connections_per_address, its default
 REQUEST_TIMEOUT_S = 10  # server.request_timeout_s, its default

@@ -15,8 +15,8 @@ import pytest
 from connector.config import FunctionConfig, load_config
 from connector.idtoken import IdTokenSource
 from connector.relay import FunctionClient
-from tests.fakes.function import PROBE, REFS, FakeFunction
-from tests.fakes.google_token import (
+from devkit.fakes.function import PROBE, REFS, FakeFunction
+from devkit.fakes.google_token import (
     ACCESS_TOKEN_TYPE,
     TOKEN_EXCHANGE,
     WORKLOAD_PROVIDER,
@@ -25,10 +25,10 @@ from tests.fakes.google_token import (
     federated_principal,
     write_credential_configuration,
 )
-from tests.procs import free_port
-from tests.secrets_used import register
-from tests.test_connector_config import BASE, load_error, write
-from tests.test_relay import error_of, no_google_metadata  # noqa: F401
+from devkit.procs import free_port
+from devkit.secrets_used import register
+from tests.support.connector_config import BASE, load_error, write
+from tests.support.errors import error_of
 
 CONNECTOR = "faceid-connector@faceid-test.iam.gserviceaccount.com"
 OPEN_ID_TOKEN_CREATOR = "roles/iam.serviceAccountOpenIdTokenCreator"
@@ -36,6 +36,8 @@ IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 SUBJECT = "connector-host-1"
 PRINCIPAL = federated_principal(WORKLOAD_PROVIDER, SUBJECT)
 AUDIENCE = "https://verify-faces-abc123-ew.a.run.app"
+
+pytestmark = pytest.mark.usefixtures("no_google_metadata")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,8 @@ def wif_file(google, subject_token, tmp_path):
 
 @pytest.fixture
 def function():
-    fake = FakeFunction()
-    yield fake
-    fake.stop()
+    with FakeFunction() as fake:
+        yield fake
 
 
 def wif_client(function: FakeFunction, credentials_file: str | None) -> FunctionClient:

@@ -9,15 +9,16 @@ import io
 
 import numpy as np
 import pytest
+from faceid_core.errors import FaceIdError
+from faceid_core.images import ORIENTATION_TAG, EncodedImage, decode_rgb, parse_image
 from faceverify.config import load_settings
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
-from faceverify.errors import FaceIdError
-from faceverify.images import ORIENTATION_TAG, EncodedImage, decode_rgb, parse_image
+from faceverify.service import status_of
 from PIL import Image, ImageDraw
 
 from connector.faces import downscale_jpeg
-from tests.samples import CAMERA_FRAME, face_in_shadow, grace_hopper_jpeg, portrait
+from devkit.samples import CAMERA_FRAME, face_in_shadow, grace_hopper_jpeg, portrait
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def verify(engine: LocalEngine, probe: bytes, *references: Reference):
 def refused(call) -> str:
     with pytest.raises(FaceIdError) as caught:
         call()
-    assert caught.value.status == 422
+    assert status_of(caught.value) == 422
     return caught.value.code
 
 

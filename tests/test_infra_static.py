@@ -1,5 +1,5 @@
 """The Terraform module agrees with the function's code and with deploy.sh, and checkov and
-hadolint find nothing in infra/ (tests/infra.py says where the linters come from)."""
+hadolint find nothing in infra/ (tests/support/infra.py says where the linters come from)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra import (
+from tests.support.infra import (
     DOCKERFILE,
     MAIN_PY,
     NOT_TUNING,
@@ -194,6 +194,7 @@ def tf_console(tmp_path_factory) -> Any:
     return evaluate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tf_vars", "deploy_args"),
     [
@@ -232,11 +233,12 @@ def test_terraform_and_deploy_sh_give_the_function_the_same_settings(
     else:
         assert secret_env is None and "--clear-secrets" in deploy
     if "MXFACE_KEY_SECRET" in env:
-        from faceverify.secrets import SECRET_VERSION_RE
+        from faceid_core.secrets import SECRET_VERSION_RE
 
         assert SECRET_VERSION_RE.match(env["MXFACE_KEY_SECRET"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tf_vars", "message"),
     [
@@ -257,6 +259,7 @@ def test_terraform_refuses_values_the_function_or_cloud_would_not_take(
     assert message in output
 
 
+@pytest.mark.slow
 def test_terraform_is_formatted():
     terraform = optional_tool("terraform")
     result = subprocess.run(
@@ -292,6 +295,7 @@ def checkov_reports() -> list[dict[str, Any]]:
     return parsed if isinstance(parsed, list) else [parsed]
 
 
+@pytest.mark.slow
 def test_checkov_finds_no_failed_check_and_every_skip_says_why(checkov_reports):
     scanned = {report["check_type"] for report in checkov_reports}
     assert {"terraform", "dockerfile"} <= scanned, scanned
@@ -307,6 +311,7 @@ def test_checkov_finds_no_failed_check_and_every_skip_says_why(checkov_reports):
             assert len(reason) >= 30, f"{check['check_id']} on {check['resource']}: no reason"
 
 
+@pytest.mark.slow
 def test_hadolint_passes_on_the_dockerfile():
     result = subprocess.run(
         [tool("hadolint"), "--failure-threshold", "info", str(DOCKERFILE)],

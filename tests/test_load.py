@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 import requests
 
-from bench.connector import camera_snapshot, start_fake
-from bench.e2e import prepare, sessions
-from bench.function_overhead import percentile
-from demo.stack import SimDevice, Stack, start_stack
-from tests.connector_e2e import verify
-from tests.proc_group import group_rss_bytes
+from devkit.connector_e2e import session_totals, verify
+from devkit.figures import percentile
+from devkit.photos import camera_snapshot
+from devkit.proc_group import group_rss_bytes
+from devkit.stack import SimDevice, Stack, prepare, start_matching_mxface, start_stack
+
+pytestmark = pytest.mark.slow  # starts real processes
 
 DEVICES = 50
 VERIFIES_PER_DEVICE = 4  # 200 verifications per round
@@ -48,11 +49,11 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(workdir) -> Iterator[Stack]:
-    """Fifty devices, each with Grace Hopper enrolled, warm (bench.e2e's preparation)."""
+    """Fifty devices, each with Grace Hopper enrolled, warm."""
     frame = workdir / "snapshot.jpg"
     frame.write_bytes(camera_snapshot())
     key = secrets.token_urlsafe(24)
-    fake = start_fake(key)
+    fake = start_matching_mxface(key)
     try:
         started = start_stack(
             workdir / "stack",
@@ -71,7 +72,7 @@ def stack(workdir) -> Iterator[Stack]:
         raise
     started.extra.append(fake)
     try:
-        prepare(started, frame)
+        prepare(started, frame, "Grace Hopper")
         yield started
     finally:
         started.stop()
@@ -105,7 +106,7 @@ def one_round(stack: Stack) -> tuple[list[float], list[str]]:
 def test_fifty_devices_at_once_get_signed_matches_close_every_session_and_hold_memory(
     stack, workdir
 ):
-    before = sessions(stack)
+    before = session_totals(stack)
     rounds: list[dict[str, Any]] = []
     errors: list[str] = []
     for round_no in range(1, ROUNDS + 1):
@@ -124,7 +125,7 @@ def test_fifty_devices_at_once_get_signed_matches_close_every_session_and_hold_m
                 "connector_rss_mib": round(group_rss_bytes(stack.connector.pid or 0) / MIB, 1),
             }
         )
-    after = sessions(stack)
+    after = session_totals(stack)
     verifies = ROUNDS * DEVICES * VERIFIES_PER_DEVICE
     figures = {
         "devices": DEVICES,

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from faceid_core.errors import FaceIdError
+from faceid_core.images import EncodedImage, parse_image
 from faceverify.config import load_settings
 from faceverify.engines import base, local
 from faceverify.engines.base import Deadline, Reference
 from faceverify.engines.local import LocalEngine
-from faceverify.errors import FaceIdError
-from faceverify.images import EncodedImage, parse_image
+from faceverify.service import status_of
 from PIL import Image, ImageEnhance
 from skimage import data
 
-from tests.samples import FACE_BOXES, person_in_front
+from devkit.samples import FACE_BOXES, person_in_front
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ def verify(engine: LocalEngine, probe: Image.Image, *references: Reference):
 def refusal(call) -> FaceIdError:
     with pytest.raises(FaceIdError) as caught:
         call()
-    assert caught.value.status == 422
+    assert status_of(caught.value) == 422
     return caught.value
 
 

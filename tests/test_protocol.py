@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 
+from connector.app import status_of
 from connector.protocol import (
     MAX_SKEW_S,
     Authenticator,
@@ -24,7 +25,7 @@ from connector.protocol import (
     request_signature,
     string_to_sign,
 )
-from demo import macro_client
+from devkit import macro_client
 
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 DOC_KEY = bytes(range(32))
@@ -105,7 +106,7 @@ def test_the_string_to_sign_names_method_path_serial_time_nonce_and_the_body_dig
 def test_a_header_off_the_grammar_is_unauthorized(value):
     with pytest.raises(AuthError) as caught:
         parse_authorization(value)
-    assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+    assert (status_of(caught.value), caught.value.code) == (401, "unauthorized")
 
 
 def _authenticator(now: float, keys: dict[str, bytes]) -> Authenticator:
@@ -189,6 +190,6 @@ def test_a_full_cache_forgets_only_nonces_too_old_to_replay_and_refuses_otherwis
     with pytest.raises(FaceIdError) as caught:
         for i in range(3):
             cache.first_use("A", f"young-nonce-{i:04d}", 2 * MAX_SKEW_S + 2)
-    assert (caught.value.status, caught.value.code) == (503, "busy")
+    assert (status_of(caught.value), caught.value.code) == (503, "busy")
     with pytest.raises(AuthError):
         cache.first_use("A", "new-nonce-000000", 2 * MAX_SKEW_S + 3)

@@ -18,15 +18,15 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from demo.macro_client import authorization
-from demo.photos import write_frames
-from demo.stack import SimDevice, Stack, start_stack
-from tests.fakes.mxface import FakeMXFace, match, no_match
-from tests.procs import REPO, ServerProcess, start_function
+from devkit.fakes.mxface import FakeMXFace, match, no_match
+from devkit.macro_client import authorization
+from devkit.photos import write_frames
+from devkit.procs import REPO, ServerProcess, start_function
+from devkit.stack import SimDevice, Stack, start_stack
 
 FUNCTION_DOC = REPO / "docs" / "openapi-function.yaml"
 CONNECTOR_DOC = REPO / "docs" / "openapi.yaml"
-SERIAL = "SIM0000"  # the first device demo.stack starts
+SERIAL = "SIM0000"  # the first device devkit.stack starts
 
 
 def _config(accepted: list[str]) -> schemathesis.Config:
@@ -62,7 +62,7 @@ def mxface() -> Iterator[FakeMXFace]:
 
 
 def _function_env(fake: FakeMXFace) -> dict[str, str]:
-    return {"FACE_ENGINE": "mxface", "MXFACE_API_URL": fake.url, "MXFACE_KEY": fake.key}
+    return {"FACE_ENGINE": "mxface", "MXFACE_API_URL": fake.verify_url, "MXFACE_KEY": fake.key}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,7 @@ def _on_mxface_scale(case: Any) -> None:
         case.body["threshold"] = 60 + (threshold - 0.363) / 0.637 * 40
 
 
+@pytest.mark.slow
 @function_api.parametrize()
 @bounded
 def test_every_function_answer_is_documented(case, function):
@@ -146,6 +147,7 @@ class _SignAsTheMacro(requests.auth.AuthBase):
         return request
 
 
+@pytest.mark.slow
 @connector_api.parametrize()
 @bounded
 def test_every_connector_answer_is_documented(case, stack):
@@ -177,6 +179,7 @@ def _documented(doc: Path, response: str, answer: requests.Response) -> None:
         jsonschema_rs.validator_for(header["schema"]).validate(answer.headers[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/v2/verify", "/nothing", "/v1/verify/x"])
 def test_an_unknown_connector_path_is_the_documented_404(stack, path):
     answer = requests.post(
@@ -186,6 +189,7 @@ def test_an_unknown_connector_path_is_the_documented_404(stack, path):
     _documented(CONNECTOR_DOC, "NotFound", answer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/v1/verify"), ("DELETE", "/v1/enroll"), ("PUT", "/v1/lock"), ("POST", "/healthz")],
@@ -200,6 +204,7 @@ def test_an_unlisted_connector_method_is_the_documented_405(stack, method, path)
     assert {m.strip().lower() for m in answer.headers["Allow"].split(",")} >= listed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/nope", "/inspect/more", "/v1/verify"])
 def test_an_unknown_function_path_is_the_documented_404(function, path):
     answer = requests.post(function.url + path, json={}, timeout=10)
@@ -207,6 +212,7 @@ def test_an_unknown_function_path_is_the_documented_404(function, path):
     _documented(FUNCTION_DOC, "NotFound", answer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 def test_an_unlisted_function_method_is_the_documented_405(function, method):
     answer = requests.request(method, function.url + "/inspect", timeout=10)

@@ -1,4 +1,4 @@
-"""The run's leak scan (tests/conftest.py, tests/secrets_used.py) finds what it must and only that,
+"""The run's leak scan (tests/conftest.py, devkit/secrets_used.py) finds what it must and only that,
 and it fails a run for real: an inner pytest run plants secrets in a child process's output, a
 test's captured output, the environment and a log file, and must fail naming each."""
 
@@ -14,9 +14,9 @@ import textwrap
 
 import pytest
 
-from tests.fakes.google_token import ServiceAccountKey
-from tests.procs import REPO, ServerProcess
-from tests.secrets_used import (
+from devkit.fakes.google_token import ServiceAccountKey
+from devkit.procs import REPO, ServerProcess
+from devkit.secrets_used import (
     SHAPES,
     TALLY,
     Finding,
@@ -144,6 +144,7 @@ def test_secret_named_variables_the_tests_set_are_registered_and_others_are_not(
     ]
 
 
+@pytest.mark.slow
 def test_every_line_a_child_process_prints_is_read():
     lines, scanned = TALLY.lines.get("child processes", 0), TALLY.scanned
     code = "for i in range(500): print('line', i)"
@@ -157,9 +158,9 @@ INNER_TESTS = '''
 import json, logging, os, secrets, sys
 from pathlib import Path
 
-from tests.fakes.webex import FakeWebex
-from tests.procs import ServerProcess
-from tests.secrets_used import register
+from devkit.fakes.webex import FakeWebex
+from devkit.procs import ServerProcess
+from devkit.secrets_used import register
 
 
 def keep(name, value):
@@ -226,6 +227,7 @@ def run_inner(tmp_path, tests: str, env: dict[str, str] | None = None) -> tuple[
     return done.returncode, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_planted_secrets_fail_their_tests_and_the_run_without_being_shown(tmp_path):
     plants = tmp_path / "planted.json"
     code, output = run_inner(tmp_path, INNER_TESTS, {"PLANTED_FILE": str(plants)})
@@ -251,7 +253,7 @@ def test_planted_secrets_fail_their_tests_and_the_run_without_being_shown(tmp_pa
 
 SILENT_PROCESSES = """
 import sys
-from tests.procs import ServerProcess
+from devkit.procs import ServerProcess
 
 
 def test_starts_processes_that_print_nothing():
@@ -260,6 +262,7 @@ def test_starts_processes_that_print_nothing():
 """
 
 
+@pytest.mark.slow
 def test_a_run_that_read_no_line_from_its_processes_fails(tmp_path):
     code, output = run_inner(tmp_path, SILENT_PROCESSES)
     assert code == 1, output

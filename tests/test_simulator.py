@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from connector.device import DeviceAccess, DeviceClient, TlsPolicy
-from connector.simulator import DeviceSimulator
+from devkit.simulator import DeviceSimulator
 
 PASSWORD = "sim-test-password"
 
@@ -246,6 +246,7 @@ def test_fifty_devices_in_one_process_share_a_certificate_and_serve_concurrently
             list(pool.map(DeviceSimulator.close, sims))
 
 
+@pytest.mark.slow
 def test_command_line_prints_url_then_fingerprint_and_serves(tmp_path):
     cert = tmp_path / "device.pem"
     env = {**os.environ, "SIM_ACCOUNT": f"admin:{PASSWORD}"}
@@ -253,7 +254,7 @@ def test_command_line_prints_url_then_fingerprint_and_serves(tmp_path):
         [
             sys.executable,
             "-m",
-            "connector.simulator",
+            "devkit.simulator",
             "--account-env",
             "SIM_ACCOUNT",
             "--cert-out",

@@ -15,11 +15,11 @@ import threading
 import time
 
 import pytest
-from faceverify.errors import FaceIdError
+from faceid_core.errors import FaceIdError
 
 from connector.store import AuditEntry, Session, Store
-from tests.procs import REPO
-from tests.samples import astronaut_jpeg, grace_hopper_jpeg
+from devkit.procs import REPO
+from devkit.samples import astronaut_jpeg, grace_hopper_jpeg
 
 SERIAL = "FOC1234X5YZ"
 
@@ -221,6 +221,7 @@ KILLED_INSIDE_ENROLLMENT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_an_enrollment_killed_midway_leaves_nothing(store, path, key):
     store.add_reference("FOC1", "Alice", photo(1))
     result = subprocess.run(

@@ -20,15 +20,15 @@ import pytest
 from connector.config import load_config
 from connector.notify import Attempt, Notifier
 from connector.webex import MESSAGE_MAX_BYTES, Event, WebexClient, WebexMessage, fit, markdown
-from demo.stack import SimDevice
-from tests.connector_e2e import (
+from devkit.connector_e2e import (
     TwoDevices,
     enroll,
     image_size,
     two_devices_with_webex,
 )
-from tests.fakes.webex import FakeWebex, Reply
-from tests.procs import free_port
+from devkit.fakes.webex import FakeWebex, Reply
+from devkit.procs import free_port
+from devkit.stack import SimDevice
 
 GRACE = "Grace Hopper"
 TIME_RE = re.compile(r"- Time: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
@@ -319,6 +319,7 @@ def world(tmp_path_factory) -> Iterator[World]:
         yield World(**vars(two))
 
 
+@pytest.mark.slow
 def test_every_event_reaches_the_devices_room_with_device_person_outcome_and_time(world):
     stack, webex = world.stack, world.webex
     assert enroll(stack, world.room, GRACE)["result"] == "enrolled"
@@ -355,6 +356,7 @@ def test_every_event_reaches_the_devices_room_with_device_person_outcome_and_tim
     assert max(image_size(jpeg)) <= 1024  # the downscaled probe, not the raw frame
 
 
+@pytest.mark.slow
 def test_a_hanging_webex_never_delays_a_verdict(world):
     baseline = max(world.verify(world.room)[2] for _ in range(2))
     world.webex.hang()
@@ -370,6 +372,7 @@ def test_a_hanging_webex_never_delays_a_verdict(world):
         world.webex.message_with(request_id, timeout_s=20)
 
 
+@pytest.mark.slow
 def test_shutdown_sends_the_queued_messages_before_the_worker_exits(world):
     """Last in this module: it stops the connector."""
     world.webex.hang()
@@ -382,5 +385,5 @@ def test_shutdown_sends_the_queued_messages_before_the_worker_exits(world):
     closed = [r for r in records if r["message"] == "message queue closed"]
     assert len(closed) == 1, closed
     assert closed[0]["queued_at_shutdown"] == 3 and closed[0]["dropped_at_shutdown"] == 0
-    stderr = world.stack.connector.stderr()
-    assert "Traceback" not in stderr and "Exception during worker exit" not in stderr
+    output = world.stack.connector.stdout() + world.stack.connector.stderr()  # gunicorn's: stdout
+    assert "Traceback" not in output and "Exception during worker exit" not in output

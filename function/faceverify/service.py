@@ -11,15 +11,33 @@ from contextlib import contextmanager
 from typing import Any
 
 import flask
+from faceid_core.contract import ID_MAX_LEN, MAX_REFERENCES, TRACE_HEADER
+from faceid_core.errors import FaceIdError, InputError, bad_request, internal_error, too_large
+from faceid_core.images import EncodedImage, check_pixels, parse_image
+from faceid_core.logs import log, trace_id, traced
 
 from .config import Settings, load_settings, under_floor
 from .engines import Comparison, Deadline, Engine, Reference, get_engine
-from .errors import FaceIdError, bad_request, too_large
-from .images import EncodedImage, check_pixels, parse_image
-from .logs import TRACE_HEADER, log, trace_id
 
-MAX_REFERENCES = 10
-ID_MAX_LEN = 128
+#: The HTTP status of each error code this function answers (docs/api.md §1, the errors table);
+#: the only place a status is chosen. A code missing here is a bug: 500, like internal_error.
+STATUS = {
+    "bad_request": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "too_large": 413,
+    "invalid_image": 422,
+    "no_face": 422,
+    "reference_unusable": 422,
+    "face_too_small": 422,
+    "too_dark": 422,
+    "rate_limited": 429,
+    "config_error": 500,
+    "internal_error": 500,
+    "upstream_error": 502,
+    "comparison_incomplete": 502,
+    "upstream_timeout": 504,
+}
 ROUTES = {"/": "verify", "/verify": "verify", "/inspect": "inspect"}
 READ_CHUNK = 256 * 1024
 _checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pixels")
@@ -35,13 +53,19 @@ def _json_response(body: Any, status: int, headers: dict[str, str] | None = None
     return response
 
 
+def status_of(error: FaceIdError) -> int:
+    """The HTTP status this function answers `error` with (STATUS)."""
+    return STATUS.get(error.code, 500)
+
+
 def error_response(error: FaceIdError) -> flask.Response:
+    """The JSON error body with its status, and the headers that status calls for."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
-    if error.status == 405:
+    if error.code == "method_not_allowed":
         headers["Allow"] = "POST"
-    return _json_response(error.to_json(), error.status, headers)
+    return _json_response(error.to_json(), status_of(error), headers)
 
 
 def _discard(stream: Any) -> None:
@@ -52,8 +76,8 @@ def _discard(stream: Any) -> None:
 
 
 def read_json_body(request: flask.Request, limit: int) -> dict[str, Any]:
-    """Read at most `limit` bytes (413 beyond, with or without Content-Length) and parse one
-    JSON object (400 otherwise)."""
+    """Read at most `limit` bytes (too_large beyond, with or without Content-Length) and parse one
+    JSON object (bad_request otherwise)."""
     stream = request.stream
     length = request.content_length
     chunks: list[bytes] = []
@@ -164,16 +188,21 @@ def _inspect(
 
 
 def handle(request: flask.Request) -> flask.Response:
-    """Answer one request; every failure becomes a JSON error, never a traceback or a match."""
+    """Answer one request; every failure becomes a JSON error, never a traceback or a match.
+    Every line logged meanwhile carries the caller's trace (X-Cloud-Trace-Context)."""
+    with traced(trace_id(request.headers.get(TRACE_HEADER))):
+        return _handle(request)
+
+
+def _handle(request: flask.Request) -> flask.Response:
     started = time.perf_counter()
-    trace = trace_id(request.headers.get(TRACE_HEADER))
     action = ROUTES.get(request.path.rstrip("/") or "/")
     fields: dict[str, Any] = {"action": action, "path": request.path[:100]}
     try:
         if action is None:
-            raise FaceIdError(404, "not_found", "Unknown path; use POST / or POST /inspect")
+            raise InputError("not_found", "Unknown path; use POST / or POST /inspect")
         if request.method != "POST":
-            raise FaceIdError(405, "method_not_allowed", "Use POST with a JSON body")
+            raise InputError("method_not_allowed", "Use POST with a JSON body")
         settings = load_settings()
         fields["engine"] = settings.engine
         body = read_json_body(request, settings.max_request_bytes)
@@ -185,26 +214,23 @@ def handle(request: flask.Request) -> flask.Response:
             fields.update(verdict=answer["verdict"], score=answer["score"])
         else:
             fields["faces"] = len(answer["faces"])
-        log("INFO", f"{action} done", trace=trace, status=200, elapsed_ms=elapsed, **fields)
+        log("INFO", f"{action} done", status=200, elapsed_ms=elapsed, **fields)
         return _json_response(answer, 200)
     except FaceIdError as error:
-        _log_refusal(error, action, trace, started, fields)
+        _log_refusal(error, action, started, fields)
         return error_response(error)
     except Exception as exc:  # a bug must still fail closed, without leaking details
-        log("ERROR", "unexpected failure", trace=trace, error_type=type(exc).__name__, **fields)
-        return error_response(
-            FaceIdError(500, "internal_error", "The face service failed unexpectedly")
-        )
+        log("ERROR", "unexpected failure", error_type=type(exc).__name__, **fields)
+        return error_response(internal_error("The face service failed unexpectedly"))
 
 
-def _log_refusal(
-    error: FaceIdError, action: str | None, trace: str | None, started: float, fields: dict
-) -> None:
+def _log_refusal(error: FaceIdError, action: str | None, started: float, fields: dict) -> None:
+    """One line per refused request: an ERROR when the fault is ours or upstream (5xx)."""
+    status = status_of(error)
     log(
-        "ERROR" if error.status >= 500 else "WARNING",
+        "ERROR" if status >= 500 else "WARNING",
         f"{action or 'request'} refused: {error.message}",
-        trace=trace,
-        status=error.status,
+        status=status,
         code=error.code,
         verdict="error",
         elapsed_ms=round((time.perf_counter() - started) * 1000, 1),

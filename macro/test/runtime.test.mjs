@@ -54,6 +54,20 @@ test('settings come first and ship without a key, plain HTTP refused', () => {
   assert.equal(block.match(/lab use only/gi).length, 2, 'both insecure settings say so');
 });
 
+test('settings and messages sit alone between the banners; the SHA-256 code comes last', () => {
+  const editAt = source.indexOf('// EDIT BELOW');
+  const stopAt = source.indexOf('// NOTHING TO EDIT BELOW THIS LINE.');
+  assert.ok(editAt > 0 && editAt < stopAt);
+  const declared = (text) => text.match(/^(?:export )?(?:const|let|(?:async )?function) \w+/gm);
+  assert.deepEqual(declared(source.slice(editAt, stopAt)),
+    ['const SETTINGS', 'export const MESSAGES']);
+  const cryptoAt = source.indexOf('// SHA-256 (FIPS 180-4)');
+  assert.ok(cryptoAt > source.search(/^export async function start\(/m), 'after the logic');
+  assert.deepEqual(declared(source.slice(cryptoAt)), ['const K', 'export function utf8Encode',
+    'function asBytes', 'export function sha256', 'export function hmacSha256',
+    'export function toHex']);
+});
+
 test('protocol v1 is gone: no device token, no bearer authentication', () => {
   assert.doesNotMatch(source, /deviceToken|Bearer/i);
 });

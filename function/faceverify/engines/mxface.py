@@ -11,22 +11,23 @@ from typing import Any
 
 import certifi
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, ProtocolError, ReadTimeoutError
-
-from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
-from ..errors import (
+from faceid_core.errors import (
+    FaceError,
     FaceIdError,
+    ReferenceUnusable,
     comparison_incomplete,
     config_error,
     no_face,
     rate_limited,
-    reference_unusable,
     too_large,
     upstream_error,
     upstream_timeout,
 )
-from ..images import EncodedImage
-from ..secrets import mxface_key_source
+from faceid_core.images import EncodedImage
+from faceid_core.secrets import mxface_key_source
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, ProtocolError, ReadTimeoutError
+
+from ..config import SCORE_TOPS, THRESHOLD_FLOORS, Settings
 from .base import Comparison, Deadline, Face, Reference, in_front
 
 MAX_ATTEMPTS = 4
@@ -35,6 +36,9 @@ CONNECT_TIMEOUT_S = 3.0
 MAX_BODY_BYTES = 10_000_000  # MXFace's request cap; checked here to fail fast and clearly
 DEFAULT_RETRY_AFTER_S = 5  # MXFace's 429 carries no Retry-After; its quota is per minute
 POOL_WORKERS = 32
+#: When comparisons fail in different ways, the failure reported: what the caller can act on
+#: first (a smaller request, a later retry, a setting), then the service's own failures.
+REPORTED_FIRST = ("too_large", "rate_limited", "config_error", "upstream_error", "upstream_timeout")
 
 
 def _reject_constant(name: str) -> float:
@@ -258,16 +262,16 @@ class MXFaceEngine:
         only "no face" is left, which MXFace says without saying of which image. A pair that
         compared proves the probe has a face; without one, face/detect on the probe decides."""
         errors = [o for o in outcomes if isinstance(o, FaceIdError)]
-        failed = [e for e in errors if e.code != "no_face"]
+        failed = [e for e in errors if not isinstance(e, FaceError)]  # not MXFace's "no face"
         if failed and len(errors) < len(outcomes):
-            return comparison_incomplete(min(failed, key=lambda e: e.status).code)
+            return comparison_incomplete(_reported(failed).code)
         if failed:
-            return min(failed, key=lambda e: e.status)
+            return _reported(failed)
         if len(errors) == len(outcomes) and not self.inspect(probe, deadline):
             return no_face()
         pairs = zip(references, outcomes, strict=True)
         first = next(ref for ref, outcome in pairs if isinstance(outcome, FaceIdError))
-        return reference_unusable(first.id)
+        return ReferenceUnusable(first.id)
 
     def inspect(self, image: EncodedImage, deadline: Deadline) -> list[Face]:
         """Faces found by MXFace face/detect (request `{"encoded_image": b64}`).
@@ -280,10 +284,8 @@ class MXFaceEngine:
         try:
             url = self.settings.mxface_detect_url
             body = self._post(url, {"encoded_image": image.b64}, deadline)
-        except FaceIdError as exc:
-            if exc.code == "no_face":
-                return []
-            raise
+        except FaceError:  # MXFace's "no face" (_result)
+            return []
         if isinstance(body, list):
             if len(body) != 1:
                 raise _malformed("detection")
@@ -292,6 +294,16 @@ class MXFaceEngine:
         if not isinstance(entries, list):
             raise _malformed("detection")
         return [_face(entry) for entry in entries]
+
+
+def _reported(failed: list[FaceIdError]) -> FaceIdError:
+    """The first failure in REPORTED_FIRST's order (the earliest of equals)."""
+
+    def rank(error: FaceIdError) -> int:
+        order = REPORTED_FIRST
+        return order.index(error.code) if error.code in order else len(order)
+
+    return min(failed, key=rank)
 
 
 def _rectangle(value: Any, what: str) -> tuple[int, int, int, int]:
