@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from faceid_core.contract import MAX_REFERENCES
+from faceid_core.contract import MAX_REFERENCES, MIN_FACE_PX
 from faceid_core.errors import config_error
 
 from ..device import TlsPolicy
@@ -225,7 +225,10 @@ class PolicyConfig:
         high=MAX_REFERENCES,
     )
     min_face_px: int = integer(
-        80, "smallest face (pixels, in the 960 px probe) enrollment accepts", low=1, high=1024
+        MIN_FACE_PX,
+        "smallest face (pixels, in the 960 px probe) enrollment accepts",
+        low=1,
+        high=1024,
     )
     failed_auth_limit: int = integer(
         10, "failed authentications (401) from one address before 429", low=1, high=1_000_000

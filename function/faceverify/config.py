@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from faceid_core.contract import MIN_FACE_PX
 from faceid_core.errors import config_error
 from faceid_core.images import MAX_IMAGE_PIXELS
 
@@ -108,7 +109,7 @@ class Settings:
     )
     min_face_px: int = integer(
         "MIN_FACE_PX",
-        80,
+        MIN_FACE_PX,
         "local engine: smallest face box (pixels of the image as sent); smaller → "
         "`face_too_small`; chosen from the measured face-size curve (docs/accuracy.md)",
         low=1,
