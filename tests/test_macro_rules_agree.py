@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,23 +150,23 @@ def refused_as_bad_request(exc: Exception) -> bool:
     return getattr(exc, "code", None) == "bad_request"
 
 
-def connector_keeps(value: Any) -> str | None:
-    """The connector's verdict on a person name: the name it keeps, or None (a 400)."""
+def connector_verdict(rule: Callable[[Any], str], value: Any) -> str | None:
+    """What the connector's input rule keeps of `value`, or None when it refuses it (a 400)."""
     try:
-        return validation.person(value)
+        return rule(value)
     except Exception as exc:
         if not refused_as_bad_request(exc):
             raise
         return None
+
+
+def connector_keeps(value: Any) -> str | None:
+    """The connector's verdict on a person name: the name it keeps, or None (a 400)."""
+    return connector_verdict(validation.person, value)
 
 
 def connector_serial(value: Any) -> str | None:
-    try:
-        return validation.serial(value)
-    except Exception as exc:
-        if not refused_as_bad_request(exc):
-            raise
-        return None
+    return connector_verdict(validation.serial, value)
 
 
 def connector_key(text: str) -> bytes | None:
