@@ -16,20 +16,26 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # `pip install -e .` gives what ships (connector, faceid_core); development also imports the
 # function's faceverify from function/, as Cloud Functions does: a .pth file adds that folder.
+# pip names each package as it downloads and installs it: the first run (about 90 s) is never silent.
+PIP_SHOWN := --progress-bar on --no-color --disable-pip-version-check
+
 $(STAMP): requirements.txt function/requirements.txt connector/requirements.txt pyproject.toml
-	@echo "Setting up $(VENV) (first run downloads the Python packages) ..."
+	@echo "[1/3] Creating $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "[2/3] Installing the Python packages of requirements.txt (first run: about 90 s) ..."
+	$(PY) -m pip install $(PIP_SHOWN) --upgrade pip
+	$(PY) -m pip install $(PIP_SHOWN) -r requirements.txt
+	@echo "[3/3] Installing the project itself (editable) ..."
 	$(PY) -m pip install --quiet --no-deps -e .
 	echo "$(CURDIR)/function" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/faceid-function.pth"
 	@touch $(STAMP)
+	@echo "$(VENV) is ready."
 
 $(INFRA_STAMP): requirements-infra.txt
-	@echo "Setting up $(INFRA_VENV) for the infrastructure checks ..."
+	@echo "Setting up $(INFRA_VENV) for the infrastructure checks (first run: about 30 s) ..."
 	$(PYTHON) -m venv $(INFRA_VENV)
-	$(INFRA_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(INFRA_VENV)/bin/python -m pip install --quiet -r requirements-infra.txt
+	$(INFRA_VENV)/bin/python -m pip install $(PIP_SHOWN) --upgrade pip
+	$(INFRA_VENV)/bin/python -m pip install $(PIP_SHOWN) -r requirements-infra.txt
 	@touch $(INFRA_STAMP)
 
 test: $(STAMP) $(INFRA_STAMP) lint typecheck macro-test pytest
@@ -42,8 +48,8 @@ test-fast: $(STAMP)
 system-packages:
 	@command -v haproxy >/dev/null || { \
 	  echo "Installing $(SYSTEM_PACKAGES) from Debian's packages (the connector's front) ..."; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from faceid_core.errors import FaceIdError
+from faceid_core.logs import logs_to_stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run(config_path(args.config))
             return admin.Exit.DONE
-        return admin.run(args, config_path(args.config))
+        with logs_to_stderr():  # stdout is for the results
+            return admin.run(args, config_path(args.config))
     except FaceIdError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return admin.exit_code(exc)

@@ -119,7 +119,10 @@ def create_app(rt: Runtime) -> Flask:
         except AuthError as exc:
             rt.log("WARNING", exc.message, code=exc.code, serial=caller.serial, source=source())
             raise
-        return rt.devices[caller.serial]
+        device = rt.devices.get(caller.serial)  # a reload may have removed it meanwhile
+        if device is None:
+            raise unauthorized()
+        return device
 
     def claimed(device: Device, serial: Any) -> None:
         """The serial a body or query names must be the one that signed."""
@@ -224,10 +227,7 @@ def create_app(rt: Runtime) -> Flask:
         rt.audit(g.request_id, device.serial, "lock", outcome="locked")
         return _json({"unlocked": False})
 
-    @app.get("/v1/status")
-    def status_route() -> Response:
-        device = authenticated(raw_body())
-        claimed(device, request.args.get("serial"))
+    def device_status(device: Device) -> Response:
         return _json(
             {
                 "enrolled_people": rt.store.count_people(device.serial),
@@ -237,6 +237,22 @@ def create_app(rt: Runtime) -> Flask:
                 "locked_out_for_s": rt.lockout.check(device.serial),
             }
         )
+
+    @app.get("/v1/status")
+    def status_route() -> Response:
+        device = authenticated(raw_body())
+        claimed(device, request.args.get("serial"))
+        return device_status(device)
+
+    @app.post("/v1/status")
+    def report_route() -> Response:
+        """The macro reports in when it starts, naming the push it came from (`admin
+        provision` waits for its own push's report)."""
+        device, body = signed_json()
+        push = validation.push_id(body.get("push"))
+        rt.store.record_report(device.serial, push, now=rt.clock())
+        rt.audit(g.request_id, device.serial, "macro_report", outcome="running")
+        return device_status(device)
 
     @app.get("/healthz")
     def healthz() -> Response:

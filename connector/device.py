@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import io
 import json
 import socket
 import ssl
@@ -60,10 +58,9 @@ import urllib3.response
 from faceid_core.errors import DeviceError, FaceIdError, config_error
 from faceid_core.images import JPEG_MAGIC
 from faceid_core.logs import log
-from PIL import Image
 from requests.adapters import HTTPAdapter
 
-from .tls import NoCaAdapter, display_fingerprint, normalize_fingerprint
+from .tls import NoCaAdapter, display_fingerprint, normalize_fingerprint, shut_down
 from .tls import peer_fingerprint as read_peer_fingerprint
 from .transport import device_timed_out, device_unreachable, failure
 
@@ -228,7 +225,7 @@ class _Watch:
             if owned:
                 self._owned.append(sock)
             if self._expired:
-                _shut(sock)
+                shut_down(sock)
 
     def stop(self) -> bool:
         """Disarm; True when the deadline passed first (what arrived may then be cut short)."""
@@ -243,14 +240,7 @@ class _Watch:
                 return
             self._expired = True
             for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    # The plain socket's shutdown: SSLSocket.shutdown would also drop its TLS state under the
-    # feet of the thread reading from it.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                shut_down(sock)
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
@@ -344,35 +334,36 @@ class DeviceClient:
             signout_ms=round((signed_out - snapped) * 1000, 1),
         )
 
-    def probe(self, access: DeviceAccess) -> dict[str, Any]:
-        """Everything `admin test-device` shows: timings, image size and the certificate's
-        fingerprint (to pin it), from one real sign-in, snapshot and sign-out."""
-        shot = self.snapshot(access)
-        try:
-            with Image.open(io.BytesIO(shot.jpeg), formats=["JPEG"]) as image:
-                width, height = image.size
-        except Exception:
+    def exchange(
+        self,
+        access: DeviceAccess,
+        step: str,
+        method: str,
+        path: str,
+        *,
+        budget_s: float,
+        limit: int = MAX_SMALL_ANSWER_BYTES,
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
+        """One request outside any web session (the xAPI takes HTTP Basic auth per request):
+        its status and body within `budget_s`, under the same trust, watch and size limit as
+        the snapshot's; a DeviceError naming `step` otherwise."""
+        answer = self._call(
+            self._session_for(access),
+            access,
+            step,
+            method,
+            path,
+            time.monotonic() + budget_s,
+            limit,
+            **kwargs,
+        )
+        if answer.body is None:
             raise DeviceError(
-                "snapshot_unavailable",
-                f"The snapshot from {access.host} has an unreadable JPEG header",
-            ) from None
-        try:
-            presented = read_peer_fingerprint(access.hostname, access.port, self.connect_timeout_s)
-            fingerprint: str | None = display_fingerprint(presented)
-        except OSError:
-            fingerprint = None
-        return {
-            "host": access.host,
-            "tls_policy": access.tls.kind,
-            "certificate_sha256": fingerprint,
-            "signin_ms": shot.signin_ms,
-            "snapshot_ms": shot.snapshot_ms,
-            "signout_ms": shot.signout_ms,
-            "total_ms": round(shot.signin_ms + shot.snapshot_ms + shot.signout_ms, 1),
-            "bytes": len(shot.jpeg),
-            "width": width,
-            "height": height,
-        }
+                "device_unreachable",
+                f"The device at {access.host} answered the {step} with over {limit} bytes",
+            )
+        return answer.status, answer.body
 
     def sign_out_session(self, access: DeviceAccess, cookies: Mapping[str, str]) -> SignOut:
         """Sign out a session this client did not open (one a crash left on the ledger), within

@@ -47,7 +47,7 @@ def usable_crop(rt: Runtime, jpeg: bytes, request_id: str) -> bytes:
         raise Refusal("no_face", "No face in the picture")
     if len(faces) > 1:
         raise Refusal("several_faces", "More than one face in the picture")
-    box = faces[0]
+    box = faces[0].box
     if min(box[2], box[3]) < rt.config.policy.min_face_px:
         raise Refusal("face_too_small", "The face is too small in the picture")
     crop = crop_face(image, box)
@@ -87,9 +87,11 @@ def enroll_image(
     *,
     only_if_empty: bool,
     session: Session | None = None,
+    actor: str | None = None,
 ) -> str:
     """Keep a usable crop of `jpeg` as a photo of `person` (returned); refusals raise.
-    `only_if_empty` and `session` are checked again inside the store's write transaction."""
+    `only_if_empty` and `session` are checked again inside the store's write transaction.
+    `actor`: the administrator who asked (admin enroll), named in the audit; None from a device."""
     crop = usable_crop(rt, jpeg, request_id)
     if session is not None:
         held_to(rt, serial, person, crop, request_id)
@@ -105,7 +107,9 @@ def enroll_image(
         session_ttl_s=policy.unlock_ttl_s,
         now=rt.clock(),
         # In the same transaction: a crash cannot leave a photo nobody can account for.
-        audit=AuditEntry("enroll", "enrolled", serial=serial, request_id=request_id, person=person),
+        audit=AuditEntry(
+            "enroll", "enrolled", serial=serial, request_id=request_id, person=person, actor=actor
+        ),
     )
     return person
 
@@ -126,9 +130,16 @@ def outcome_of(
 
 
 def audit_enrollment(
-    rt: Runtime, request_id: str, serial: str, person: str, outcome: EnrollOutcome
+    rt: Runtime,
+    request_id: str,
+    serial: str,
+    person: str,
+    outcome: EnrollOutcome,
+    *,
+    actor: str | None = None,
 ) -> None:
-    """Log every enrollment; record the ones the store has not already recorded with the photo."""
+    """Log every enrollment; record the ones the store has not already recorded with the photo
+    (naming `actor`, as enroll_image did)."""
     rt.audit(
         request_id,
         serial,
@@ -137,6 +148,7 @@ def audit_enrollment(
         outcome=outcome.result,
         code=outcome.code,
         person=outcome.person or person,
+        actor=actor,
     )
 
 

@@ -13,17 +13,15 @@ Store:
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from faceid_core.errors import FaceIdError
-from PIL import Image
 
 from .device import DeviceAccess, SignOut, Snapshot
-from .relay import Box, RelayResult
+from .relay import Box, Found, RelayResult
 from .webex import Event
 
 #: A face as the function's inspect reports it, large enough for enrollment's min_face_px.
@@ -64,23 +62,6 @@ class MemoryCamera:
     def sign_out_session(self, access: DeviceAccess, cookies: Mapping[str, str]) -> SignOut:
         self.sign_outs.append((access.serial or access.host, dict(cookies)))
         return self.sign_out_answer
-
-    def probe(self, access: DeviceAccess) -> dict[str, Any]:
-        shot = self.snapshot(access)
-        with Image.open(io.BytesIO(shot.jpeg)) as image:
-            width, height = image.size
-        return {
-            "host": access.host,
-            "tls_policy": access.tls.kind,
-            "certificate_sha256": None,
-            "signin_ms": 0.0,
-            "snapshot_ms": 0.0,
-            "signout_ms": 0.0,
-            "total_ms": 0.0,
-            "bytes": len(shot.jpeg),
-            "width": width,
-            "height": height,
-        }
 
 
 @dataclass(frozen=True)
@@ -172,12 +153,12 @@ class MemoryComparator:
             bytes_sent=sum(sizes),
         )
 
-    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Box]:
+    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Found]:
         self.calls.append(Call("inspect", trace=trace, sizes=(len(jpeg),)))
         answer = self._faces.popleft() if self._faces else self.faces_otherwise
         if isinstance(answer, FaceIdError):
             raise answer
-        return list(answer)
+        return [Found(box, 0.9) for box in answer]
 
     def reachable(self) -> str | None:
         return self.unreachable

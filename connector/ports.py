@@ -13,10 +13,10 @@ that produces them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from .device import DeviceAccess, SignOut, Snapshot
-from .relay import Box, RelayResult
+from .relay import Found, RelayResult
 from .webex import Event
 
 
@@ -41,10 +41,6 @@ class Camera(Protocol):
         """Sign out a session a crash left open; never raises."""
         ...
 
-    def probe(self, access: DeviceAccess) -> dict[str, Any]:
-        """What `admin test-device` shows: timings and the picture's size, from one snapshot."""
-        ...
-
 
 class Comparator(Protocol):
     """The comparison function: compares a probe with references, and finds faces."""
@@ -59,8 +55,9 @@ class Comparator(Protocol):
         """Compare the probe with 1 to 10 (id, image) references; raises FaceIdError."""
         ...
 
-    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Box]:
-        """The (x, y, w, h) boxes of the faces in the image; raises FaceIdError."""
+    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Found]:
+        """The faces in the image, each an (x, y, w, h) box and a detection score; raises
+        FaceIdError."""
         ...
 
     def reachable(self) -> str | None:

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import requests
 from faceid_core.contract import ID_MAX_LEN, MAX_REFERENCES, TRACE_HEADER
@@ -37,6 +37,16 @@ from .idtoken import IdTokenSource
 from .transport import engine_failure, failure
 
 Box = tuple[int, int, int, int]
+
+
+class Found(NamedTuple):
+    """A face the function found: its box in the image's own pixels, and how sure the detector
+    is of it (0 to 1; None when the engine does not say)."""
+
+    box: Box
+    quality: float | None = None
+
+
 #: The function's refusals of the picture itself, in the connector's words.
 FACE_CODES = {
     "no_face": "No face was found in the picture",
@@ -89,6 +99,7 @@ class FunctionClient:
         self._config = config
         self._verify_url = config.url
         self._inspect_url = config.url.rstrip("/") + "/inspect"
+        self._ready_url = config.url.rstrip("/") + "/ready"
         self._timeout = (min(CONNECT_TIMEOUT_S, config.timeout_s), config.timeout_s)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
@@ -152,13 +163,13 @@ class FunctionClient:
             bytes_sent=sent,
         )
 
-    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Box]:
-        """The faces found in the image, as (x, y, w, h) boxes in its own pixels."""
+    def inspect(self, jpeg: bytes, trace: str | None = None) -> list[Found]:
+        """The faces found in the image."""
         answer, *_ = self._post(self._inspect_url, {"image": _b64(jpeg)}, trace)
         faces = answer.get("faces") if isinstance(answer, dict) else None
         if not isinstance(faces, list) or len(faces) > 100:
             raise _unreadable()
-        boxes = []
+        found = []
         for face in faces:
             box = face.get("box") if isinstance(face, dict) else None
             if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
@@ -166,18 +177,20 @@ class FunctionClient:
             x, y, w, h = (round(v) for v in box)
             if x < 0 or y < 0 or w <= 0 or h <= 0:
                 raise _unreadable()
-            boxes.append((x, y, w, h))
-        return boxes
+            quality = face.get("quality")
+            found.append(Found((x, y, w, h), float(quality) if _number(quality) else None))
+        return found
 
     def reachable(self) -> str | None:
-        """None when the function answers a GET with its own 405 JSON: it is up and accepts our
-        credentials, and no image is sent nor engine run. Otherwise a short reason."""
+        """None when the function's GET /ready says it is ready: it is up, takes our credentials
+        and its engine can work (its key is there); no image is sent and MXFace is not called.
+        Otherwise a short reason: "failing: ..." in the function's own words when it says why."""
         headers = {}
         try:
             if self._tokens is not None:
                 headers["Authorization"] = f"Bearer {self._tokens.token()}"
             with self._session.get(
-                self._verify_url, headers=headers, timeout=PING_TIMEOUT_S, stream=True
+                self._ready_url, headers=headers, timeout=PING_TIMEOUT_S, stream=True
             ) as response:
                 raw = _read_limited(response)
         except FaceIdError as exc:
@@ -185,14 +198,20 @@ class FunctionClient:
         except requests.RequestException as exc:
             return engine_failure(failure(exc), "the comparison service").message
         status = response.status_code
-        try:
-            answer = json.loads(raw)
-        except (ValueError, RecursionError):
-            answer = None
-        if status == 405 and _error_code(answer) == "method_not_allowed":
+        answer = _parsed(raw)
+        report = answer if isinstance(answer, dict) else {}
+        if status == 200 and report.get("status") == "ready":
             return None
+        if status == 503 and report.get("status") == "failing":
+            reason = _printable(report.get("reason")) or _printable(report.get("code"))
+            return f"failing: {reason or 'the comparison service gave no reason'}"
         if status in (401, 403):
             return f"the comparison service refused the connector's credentials (HTTP {status})"
+        if status == 404:  # a function from before /ready, or a URL that is not the function's
+            return (
+                "the comparison service has no GET /ready (HTTP 404): check function.url, or "
+                "deploy this release's function"
+            )
         return f"the comparison service answered an unexpected HTTP {status}"
 
     def _post(
@@ -228,11 +247,7 @@ class FunctionClient:
                     continue
                 timeout_s = self._config.timeout_s
                 raise engine_failure(failed, "The comparison service", timeout_s) from None
-        try:
-            answer = json.loads(raw)
-        except (ValueError, RecursionError):
-            answer = None
-        return response.status_code, answer, response.headers.get("Retry-After")
+        return response.status_code, _parsed(raw), response.headers.get("Retry-After")
 
 
 def _read_limited(response: requests.Response) -> bytes:
@@ -245,6 +260,14 @@ def _read_limited(response: requests.Response) -> bytes:
     return b"".join(chunks)
 
 
+def _parsed(raw: bytes) -> Any:
+    """The JSON in an answer, or None when it holds none."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _error_code(answer: Any) -> str | None:
     error = answer.get("error") if isinstance(answer, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
@@ -254,10 +277,14 @@ def _error_code(answer: Any) -> str | None:
 def _their_message(answer: Any) -> str:
     """The function's own words for a refusal, for the operator's log: printable, bounded."""
     error = answer.get("error") if isinstance(answer, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str):
+    return _printable(error.get("message") if isinstance(error, dict) else None)
+
+
+def _printable(text: Any) -> str:
+    """Text the function sent, fit for the operator's log and /healthz: printable, bounded."""
+    if not isinstance(text, str):
         return ""
-    return "".join(c for c in message if c.isprintable())[:MAX_MESSAGE_CHARS]
+    return "".join(c for c in text if c.isprintable())[:MAX_MESSAGE_CHARS]
 
 
 def _retry_after(value: str | None) -> int:

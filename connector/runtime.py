@@ -1,5 +1,6 @@
 """Everything a request needs, built once from the TOML file: secrets resolved, store opened,
-clients pooled. A missing or wrong secret stops start-up with a clear message."""
+clients pooled. A missing or wrong secret stops start-up with a clear message. A changed file is
+taken in place by reload.py, which builds its parts with the functions at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from faceid_core.logs import Severity, log, set_level
 
 from .auth import FailedAuthLimiter
-from .config import ConnectorConfig
+from .config import ConnectorConfig, DeviceConfig
 from .device import DeviceAccess, DeviceClient
 from .health import CachedCheck
 from .lockout import Lockout
@@ -66,8 +67,13 @@ class Runtime:
     authenticator: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.function_check = CachedCheck(self.function.reachable)
+        self.use_function(self.function)
         self.authenticator = Authenticator(self.device_key, clock=self.clock)
+
+    def use_function(self, function: Comparator) -> None:
+        """Call `function` from now on, and /healthz checks it (a reload's new client)."""
+        self.function = function
+        self.function_check = CachedCheck(function.reachable)
 
     @property
     def attempt_lease_s(self) -> float:
@@ -113,8 +119,9 @@ class Runtime:
             self.log("ERROR", "notification failed", error_type=type(exc).__name__)
 
     def health(self) -> dict[str, Any]:
-        """Status "ok"; "degraded" when only the function is unreachable (the connector still
-        answers every device, with engine_unavailable); "failing" when the store is."""
+        """Status "ok"; "degraded" when only the function is unreachable or says it is not ready
+        (the connector still answers every device, with engine_unavailable); "failing" when the
+        store is."""
         checks: dict[str, Any] = {}
         try:
             self.store.check()
@@ -192,30 +199,16 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
     """`serials`: the devices to make reachable (None: all). Only their passwords are resolved, so
     an administrator's command works without every device's secret."""
     set_level(config.log.level)
-    devices: dict[str, Device] = {}
-    for dev in config.devices:
-        if serials is not None and dev.serial not in serials:
-            continue
-        access = DeviceAccess(
-            host=dev.host,
-            username=dev.username,
-            password=dev.resolve_password(),
-            tls=dev.tls,
-            serial=dev.serial,
-        )
-        devices[dev.serial] = Device(dev.serial, dev.name or dev.serial, access)
+    devices = {
+        dev.serial: device_entry(dev, dev.resolve_password())
+        for dev in config.devices
+        if serials is None or dev.serial in serials
+    }
     metrics = Metrics()
     # Administrators' commands (serials given) tell nobody and need no bot token.
     webex = webex_notices(config, metrics) if serials is None else None
     store = Store.open(config.store.path, config.store.resolve_key())
-    device_client = DeviceClient(
-        connect_timeout_s=config.device_defaults.connect_timeout_s,
-        read_timeout_s=config.device_defaults.read_timeout_s,
-        budget_s=config.device_defaults.budget_s,
-        signout_budget_s=SIGNOUT_BUDGET_S,
-        ledger=store,
-        on_signout_failure=metrics.signout_failed,
-    )
+    device_client = make_device_client(config, store, metrics)
     metrics.open_sessions.set_function(lambda: _recorded_sessions(store))
     clock = time.time
     return Runtime(
@@ -223,7 +216,7 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         store=store,
         devices=devices,
         device_client=device_client,
-        function=FunctionClient(config.function, pool_size=config.server.threads),
+        function=function_client(config),
         lockout=Lockout(store, config.policy, clock),
         auth_limiter=FailedAuthLimiter(
             config.policy.failed_auth_limit, config.policy.failed_auth_window_s
@@ -232,6 +225,32 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
         metrics=metrics,
         notices=webex,
     )
+
+
+def device_entry(dev: DeviceConfig, password: str) -> Device:
+    """A configured device as requests reach it, with its resolved password."""
+    access = DeviceAccess(
+        host=dev.host, username=dev.username, password=password, tls=dev.tls, serial=dev.serial
+    )
+    return Device(dev.serial, dev.name or dev.serial, access)
+
+
+def make_device_client(config: ConnectorConfig, store: Store, metrics: Metrics) -> DeviceClient:
+    """The devices' client, with [device_defaults]' time bounds."""
+    defaults = config.device_defaults
+    return DeviceClient(
+        connect_timeout_s=defaults.connect_timeout_s,
+        read_timeout_s=defaults.read_timeout_s,
+        budget_s=defaults.budget_s,
+        signout_budget_s=SIGNOUT_BUDGET_S,
+        ledger=store,
+        on_signout_failure=metrics.signout_failed,
+    )
+
+
+def function_client(config: ConnectorConfig) -> FunctionClient:
+    """The function's client, pooled for as many connections as request threads."""
+    return FunctionClient(config.function, pool_size=config.server.threads)
 
 
 def _recorded_sessions(store: Store) -> float:

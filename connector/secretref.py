@@ -1,7 +1,8 @@
 """Secret references: the configuration names where a secret lives, never the secret itself.
 
     env:NAME                               an environment variable (e.g. set by systemd)
-    file:PATH                              a file; one trailing newline is dropped
+    file:PATH                              a regular file (symbolic links followed); one
+                                           trailing newline is dropped
     gsm:projects/P/secrets/S/versions/V    a Google Secret Manager version
 
 A file readable by group or others is used but logged as a warning: container runtimes mount
@@ -55,10 +56,10 @@ def _from_env(name: str, what: str) -> str:
 
 
 def _from_file(path: str, what: str) -> str:
+    # O_NONBLOCK: opening a named pipe would otherwise wait for a writer for ever (and a reload
+    # with it); fstat then refuses it. Symbolic links are followed (Kubernetes mounts secrets so).
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise config_error(f"{what}: secret file {path} does not exist") from None
     except PermissionError:
@@ -67,13 +68,32 @@ def _from_file(path: str, what: str) -> str:
         raise config_error(
             f"{what}: secret file {path} could not be read ({exc.strerror})"
         ) from None
+    mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
-        raise config_error(f"{what}: secret file {path} is not a regular file")
+        os.close(fd)
+        raise config_error(f"{what}: secret file {path} is not a regular file ({_kind(mode)})")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise config_error(
+                f"{what}: secret file {path} could not be read ({exc.strerror})"
+            ) from None
     if len(data) > MAX_FILE_BYTES:
         raise config_error(f"{what}: secret file {path} is over {MAX_FILE_BYTES} bytes")
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         log("WARNING", f"{what}: secret file {path} is readable by group or others; chmod 600 it")
     return _decode(data, f"{what}: secret file {path}")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 def _decode(data: bytes, where: str) -> str:

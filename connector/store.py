@@ -35,9 +35,12 @@ from faceid_core.logs import log
 
 from .names import name_key
 
-SCHEMA_VERSION = 2
-#: Older schemas this connector upgrades in place (the new tables are created by SCHEMA).
-UPGRADABLE_FROM = (1,)
+SCHEMA_VERSION = 3
+#: Older schemas this connector upgrades in place (the new tables are created by SCHEMA, the
+#: new columns by ADDED_COLUMNS).
+UPGRADABLE_FROM = (1, 2)
+#: Columns added since schema 1: (table, column, type), added when missing.
+ADDED_COLUMNS = (("audit", "actor", "TEXT"),)
 KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
 NONCE_BYTES = 12
 BUSY_TIMEOUT_S = 5.0
@@ -73,7 +76,8 @@ CREATE TABLE IF NOT EXISTS audit (
     code TEXT,
     person TEXT,
     score REAL,
-    stages_ms TEXT
+    stages_ms TEXT,
+    actor TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_serial ON audit (serial, id);
 CREATE TABLE IF NOT EXISTS lockout (
@@ -99,6 +103,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     person TEXT NOT NULL,
     unlocked_at REAL NOT NULL,
     ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS device_reports (
+    serial TEXT PRIMARY KEY,
+    reported_at REAL NOT NULL,
+    push_id TEXT
 );
 CREATE TABLE IF NOT EXISTS device_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -145,6 +154,7 @@ class AuditEntry:
     person: str | None = None
     score: float | None = None
     stages_ms: Mapping[str, float] | None = None
+    actor: str | None = None  # an administrator's command: the operating-system user who ran it
     time: float | None = None  # set when written
     id: int | None = None  # set when read back
 
@@ -265,6 +275,9 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             rows = dict(conn.execute("SELECT name, value FROM meta").fetchall())
             if "key_check" not in rows:
                 nonce = os.urandom(NONCE_BYTES)
@@ -418,6 +431,25 @@ class Store:
     def forget_device_session(self, entry: int) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM device_sessions WHERE id = ?", (entry,))
+
+    def record_report(self, serial: str, push_id: str | None, now: float) -> None:
+        """A device's macro reported in (signed POST /v1/status): `admin provision` waits for
+        the push it made to report."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO device_reports (serial, reported_at, push_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (serial) DO UPDATE SET reported_at = excluded.reported_at, "
+                "push_id = excluded.push_id",
+                (serial, now, push_id),
+            )
+
+    def last_report(self, serial: str) -> tuple[float, str | None] | None:
+        """(when, push id) of the device's last report, None if it never reported."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT reported_at, push_id FROM device_reports WHERE serial = ?", (serial,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def device_sessions(self) -> list[DeviceWebSession]:
         """Every recorded session, oldest first (what a crash left open, at start-up)."""
@@ -591,13 +623,14 @@ class Store:
         return [PersonInfo(*row) for row in rows]
 
     def remove_person(self, serial: str, person: str, *, audit: AuditEntry | None = None) -> bool:
-        """Delete the person and their photos; their unlocked session, if any, ends too."""
+        """Delete the person and their photos; their unlocked session, if any, ends too.
+        `audit` is written only if there was such a person."""
         with self._write() as conn:
             removed = conn.execute(
                 "DELETE FROM people WHERE serial = ? AND name = ?", (serial, person)
             ).rowcount
             conn.execute("DELETE FROM sessions WHERE serial = ? AND person = ?", (serial, person))
-            if audit is not None:
+            if audit is not None and removed:
                 self._insert_audit(conn, audit, time.time())
         self.empty_wal(f"removing a person of {serial}")
         return removed > 0
@@ -610,6 +643,7 @@ class Store:
             conn.execute("DELETE FROM sessions WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM device_keys WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM attempts WHERE serial = ?", (serial,))
+            conn.execute("DELETE FROM device_reports WHERE serial = ?", (serial,))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
         self.empty_wal(f"removing device {serial}")
@@ -647,7 +681,7 @@ class Store:
         stages = None if entry.stages_ms is None else json.dumps(dict(entry.stages_ms))
         audit_id = conn.execute(
             "INSERT INTO audit (time, request_id, serial, action, outcome, code, person, score, "
-            "stages_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "stages_ms, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.time if entry.time is not None else now,
                 entry.request_id,
@@ -658,6 +692,7 @@ class Store:
                 entry.person,
                 entry.score,
                 stages,
+                entry.actor,
             ),
         ).lastrowid
         if audit_id is not None and audit_id % AUDIT_PRUNE_EVERY == 0:
@@ -665,15 +700,17 @@ class Store:
 
     def record_audit(self, **fields: Any) -> None:
         """Keyword arguments are AuditEntry's fields (action is required)."""
-        entry = AuditEntry(**fields)
+        self.add_audit(AuditEntry(**fields))
+
+    def add_audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
             self._insert_audit(conn, entry, time.time())
 
     def audit(self, limit: int = 100, serial: str | None = None) -> list[AuditEntry]:
         """Newest first."""
         query = (
-            "SELECT id, time, request_id, serial, action, outcome, code, person, score, stages_ms "
-            "FROM audit"
+            "SELECT id, time, request_id, serial, action, outcome, code, person, score, stages_ms, "
+            "actor FROM audit"
         )
         params: tuple[Any, ...] = (limit,)
         if serial is not None:
@@ -693,6 +730,7 @@ class Store:
                 person=row[7],
                 score=row[8],
                 stages_ms=None if row[9] is None else json.loads(row[9]),
+                actor=row[10],
             )
             for row in rows
         ]
@@ -702,6 +740,17 @@ class Store:
     def lockout_state(self, serial: str) -> LockoutState:
         with self._read() as conn:
             return self._lockout(conn, serial)
+
+    def clear_lockout(self, serial: str, *, audit: AuditEntry | None = None) -> LockoutState:
+        """End a lockout and forget the failures towards the next one (`admin unlock-lockout`);
+        returns the state it ended. An attempt in flight still settles against the state it
+        began with."""
+        with self._write() as conn:
+            before = self._lockout(conn, serial)
+            conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+        return before
 
     @staticmethod
     def _lockout(conn: sqlite3.Connection, serial: str) -> LockoutState:

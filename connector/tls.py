@@ -3,9 +3,11 @@ before anything is sent (or skips verification, when configured)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import ssl
+import threading
 from functools import cache
 from typing import Any
 
@@ -70,15 +72,26 @@ class NoCaAdapter(HTTPAdapter):
 
 def peer_fingerprint(hostname: str, port: int, timeout_s: float) -> str:
     """The SHA-256 of the certificate a server presents, read without trusting or sending
-    anything; it tells an administrator which fingerprint to pin."""
+    anything; it tells an administrator which fingerprint to pin. The handshake ends within
+    `timeout_s` however slowly the peer sends (the socket is shut down then: OSError)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection((hostname, port), timeout=timeout_s) as raw,
-        context.wrap_socket(raw, server_hostname=hostname) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
+    with socket.create_connection((hostname, port), timeout=timeout_s) as raw:
+        deadline = threading.Timer(timeout_s, shut_down, (raw,))
+        deadline.start()
+        try:
+            with context.wrap_socket(raw, server_hostname=hostname) as tls:
+                der = tls.getpeercert(binary_form=True)
+        finally:
+            deadline.cancel()
     if not der:
         raise ssl.SSLError("the server presented no certificate")
     return der_fingerprint(der)
+
+
+def shut_down(sock: socket.socket) -> None:
+    """End a socket another thread may be blocked on. The plain socket's shutdown:
+    SSLSocket.shutdown would also drop its TLS state under the feet of the thread reading."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -1,13 +1,23 @@
 /**
- * The real macro (macro/faceid.js) on the fake device of macro/testing, its HttpClient making real
- * HTTP(S) requests to a running connector: what a person at the device would see, step by step.
+ * The real macro (macro/faceid.js, or a copy exactly as `admin provision` pushed it) on the fake
+ * device of macro/testing, its HttpClient making real HTTP(S) requests to a running connector: what
+ * a person at the device would see, step by step.
  *
- * As a script (used by `python -m demo`): the first stdin line is the device's settings
- * `{"connectorUrl", "deviceKey", "serial", "allowInsecureHttps"}`; each further line is one
- * action `{"press": "login" | "lock" | "enroll"}` or `{"type": "Name"}` (the name asked for by
- * "Update my photo"). One JSON line answers each: what the screen shows afterwards, the connector
- * answer behind it and how long it took. The macro's console goes to stderr. The connector's
- * certificate is checked against Node's CA list: start it with NODE_EXTRA_CA_CERTS=<its CA>.
+ * As a script (used by `python -m demo`): the first stdin line is the device:
+ * - `{"serial", "connectorUrl", "deviceKey", "allowInsecureHttps"}` runs macro/faceid.js with these
+ *   settings (over whatever its SETTINGS say);
+ * - `{"serial", "macroPath": "/abs/path/faceid.js", "allowInsecureHttps"}` runs that file with NO
+ *   settings given: it runs on the SETTINGS written in it (connectorUrl, deviceKey, pushId...), as
+ *   on the device; connectorUrl and deviceKey may be left out (and are ignored if given).
+ *   allowInsecureHttps (default false) is then only the device's
+ *   `xConfiguration HttpClient AllowInsecureHTTPS`.
+ * It answers `{"ready": true, "screen", "report": {"http", "answer"}}` once the macro has locked
+ * the screen and reported in (its signed POST /v1/status; `http.error` or a non-200 status when
+ * that failed). Each further line is one action `{"press": "login" | "lock" | "enroll"}` or
+ * `{"type": "Name"}` (the name asked for by "Update my photo"). One JSON line answers each: what
+ * the screen shows afterwards, the connector answer behind it and how long it took. The macro's
+ * console goes to stderr. The connector's certificate is checked against Node's CA list: start it
+ * with NODE_EXTRA_CA_CERTS=<its CA>.
  *
  * As a module (used by macro/test/e2e.test.mjs): `bootDevice(settings)` then `perform(action)`.
  */
@@ -15,8 +25,9 @@ import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { fake, importMacro, lockState, LOCKED, UNLOCKED } from '../macro/testing/harness.mjs';
 
-const macro = await importMacro();
-const { PANELS } = macro;
+const bundled = await importMacro();
+/** The macro running now: the bundled one, or the copy named by macroPath. */
+let macro = bundled;
 const ACTION_TIMEOUT_MS = 60_000;
 const POLL_MS = 5;
 
@@ -69,12 +80,17 @@ function recordExchanges() {
 let wrapped = false;
 
 /**
- * A factory-fresh device with HttpClient on, the given serial, real network, and the macro started
- * with {connectorUrl, deviceKey (base64url), allowInsecureHttps}. Self-signed connectors need both
- * the macro setting and the device configuration, as on RoomOS.
+ * A factory-fresh device with HttpClient on, the given serial, real network, and a macro started:
+ * macro/faceid.js with {connectorUrl, deviceKey (base64url), allowInsecureHttps}, or, given
+ * macroPath, that file on its own SETTINGS. Self-signed connectors need both the macro setting and
+ * the device configuration, as on RoomOS. Resolves once the macro reported in (or failed to):
+ * {http, answer} of its POST /v1/status.
  */
-export async function bootDevice({ connectorUrl, deviceKey, serial, allowInsecureHttps = false }) {
+export async function bootDevice({
+  connectorUrl, deviceKey, serial, allowInsecureHttps = false, macroPath = null,
+}) {
   macro.stop();
+  macro = macroPath === null ? bundled : await importMacro('pushed', macroPath);
   fake.reset();
   if (!wrapped) recordExchanges();
   wrapped = true;
@@ -83,8 +99,12 @@ export async function bootDevice({ connectorUrl, deviceKey, serial, allowInsecur
   if (allowInsecureHttps) fake.setConfig('HttpClient AllowInsecureHTTPS', 'True');
   fake.setStatus('SystemUnit Hardware Module SerialNumber', serial);
   fake.http.useNetwork();
-  await macro.start({ connectorUrl, deviceKey, allowInsecureHttps, requestTimeoutSeconds: 25 });
-  await until(() => exchanges.every((entry) => entry.done) && exchanges.length > 0);
+  await macro.start(macroPath === null
+    ? { connectorUrl, deviceKey, allowInsecureHttps, requestTimeoutSeconds: 25 }
+    : {});
+  await until(() => exchanges.every((entry) => entry.done) && exchangeSince(0, '/v1/status'),
+    'report-in from the macro (its log says why)');
+  return summary(exchangeSince(0, '/v1/status'));
 }
 
 export function stopDevice() {
@@ -99,6 +119,7 @@ function alerts() {
 export function screenNow() {
   const state = lockState();
   const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  const { PANELS } = macro;
   const locked = same(state, LOCKED) ||
     (state.hideAll === 'True' && state.settingsMenu === 'Hidden' &&
       !state.panels.includes(PANELS.logout.id));
@@ -108,10 +129,24 @@ export function screenNow() {
   return { lock, alert: fake.lastAlert() ?? null, panels: state.panels };
 }
 
-async function until(done, timeoutMs = ACTION_TIMEOUT_MS) {
+/** {http, answer} of one exchange, as the answers to the driver's input show them. */
+function summary(exchange) {
+  return {
+    http: exchange && {
+      path: exchange.path,
+      status: exchange.status,
+      request_id: exchange.requestId,
+      ms: exchange.ms,
+      error: exchange.error ?? null,
+    },
+    answer: exchange && exchange.body,
+  };
+}
+
+async function until(done, what = 'outcome', timeoutMs = ACTION_TIMEOUT_MS) {
   const deadline = Date.now() + timeoutMs;
   while (!done()) {
-    if (Date.now() > deadline) throw new Error(`no outcome within ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs / 1000} s`);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
 }
@@ -131,6 +166,7 @@ function exchangeSince(count, path) {
  * connector answer the macro acted on (if any) and the milliseconds from the tap to the outcome.
  */
 export async function perform(action) {
+  const { PANELS } = macro;
   const shown = alerts().length;
   const sent = exchanges.length;
   const inputs = fake.commandsTo('UserInterface Message TextInput Display').length;
@@ -163,14 +199,7 @@ export async function perform(action) {
     screen: screenNow(),
     prompt: prompt ? prompt.args.Text : null,
     ms,
-    http: exchange && {
-      path: exchange.path,
-      status: exchange.status,
-      request_id: exchange.requestId,
-      ms: exchange.ms,
-      error: exchange.error ?? null,
-    },
-    answer: exchange && exchange.body,
+    ...summary(exchange),
   };
 }
 
@@ -184,9 +213,9 @@ async function main() {
     try {
       const request = JSON.parse(line);
       if (!booted) {
-        await bootDevice(request);
+        const report = await bootDevice(request);
         booted = true;
-        say({ ready: true, screen: screenNow() });
+        say({ ready: true, screen: screenNow(), report });
       } else {
         say(await perform(request));
       }

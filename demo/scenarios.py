@@ -11,18 +11,20 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from demo.launch import DEMO_DIR, Launched, fresh_folder, launch, say, step
-from devkit.macro_client import key_text
-from devkit.stack import Stack, connector_records
+from devkit.procs import ServerProcess
+from devkit.stack import SimDevice, Stack, connector_records
 
 DRIVER = Path(__file__).with_name("drive_macro.mjs")
 NODE_MIN = (20, 6)
 STAGES = (("signin", "Sign-in"), ("snapshot", "Snapshot"), ("function", "Function"))
 MAX_LOCKOUT_TAPS = 5
+PROVISION_TIMEOUT_S = 60.0
 
 
 class MacroDriver:
@@ -74,6 +76,49 @@ class MacroDriver:
             self._proc.kill()
             self._proc.wait()
         self._log.close()
+
+
+def provision(launched: Launched, workdir: Path) -> tuple[MacroDriver, str]:
+    """`admin provision` saves the macro on the simulated device with its SETTINGS filled in,
+    then restarts the device's macro runtime; that runtime (the Node driver) then starts the
+    copy the device holds, exactly as pushed, and `provision` returns once it reports in.
+    Returns the running macro and provision's table."""
+    stack, device = launched.stack, launched.device
+    command = stack.start_admin(
+        "provision",
+        "--serial",
+        device.serial,
+        "--admin-password-ref",
+        stack.device_admin_ref,
+        log_prefix=workdir / "provision",
+    )
+    try:
+        source = pushed_macro(device, command)
+        path = workdir / "device-macros" / "faceid.js"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(source)
+        driver = MacroDriver(stack, workdir / "macro.log")
+        ready = driver.ask({"serial": device.serial, "macroPath": str(path)})
+        if (ready.get("report") or {}).get("http", {}).get("status") != 200:
+            raise RuntimeError(f"the pushed macro did not report in: {ready.get('report')}")
+        if command.wait(PROVISION_TIMEOUT_S) != 0:
+            raise RuntimeError(f"admin provision failed:\n{command.stdout()}{command.stderr()}")
+    finally:
+        command.stop()
+    return driver, command.stdout()
+
+
+def pushed_macro(device: SimDevice, command: ServerProcess) -> str:
+    """The source of the macro `faceid` once the device's runtime has been restarted with it."""
+    deadline = time.monotonic() + PROVISION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = device.macros()
+        if state["restarts"] and "faceid" in state["running"]:
+            return next(str(m["source"]) for m in state["macros"] if m["name"] == "faceid")
+        if command.returncode is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"admin provision pushed no macro:\n{command.stdout()}{command.stderr()}")
 
 
 def node_binary() -> str:
@@ -256,16 +301,10 @@ def run_demo() -> int:
     launched = launch(workdir)
     driver = None
     try:
-        stack = launched.stack
-        with step("Starting the macro (macro/faceid.js) on a simulated device"):
-            driver = MacroDriver(stack, workdir / "macro.log")
-            driver.ask(
-                {
-                    "connectorUrl": stack.connector_url,
-                    "deviceKey": key_text(launched.device.key),
-                    "serial": launched.device.serial,
-                }
-            )
+        with step("Provisioning the simulated device (admin provision), running what it pushed"):
+            driver, table_text = provision(launched, workdir)
+        for line in table_text.splitlines():
+            say(f"  {line}")
         say("Scenarios:")
         demo = Demo(launched, driver)
         passed = demo.run()

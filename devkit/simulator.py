@@ -1,21 +1,34 @@
-"""A simulated RoomOS device web API over HTTPS on 127.0.0.1, for tests, benchmarks and the demo.
+"""A simulated RoomOS device over HTTPS on 127.0.0.1: its web API and its HTTP xAPI, for tests,
+benchmarks and the demo.
 
-It follows REFERENCE §1: form sign-in setting a session cookie, base64 JPEG snapshot, sign-out;
+Web API (REFERENCE §1): form sign-in setting a session cookie, base64 JPEG snapshot, sign-out;
 sessions never expire; at most 30 sessions in total and 20 per user; 5 bad logins lock the
 account (401 even with the right password) for `lockout_s`.
+
+HTTP xAPI (REFERENCE §6), what provisioning uses: the device's state, rules and XML answers are
+in devkit/xapi_device.py (with their [U] choices); here, HTTP Basic auth of a local account,
+whose bad passwords count toward the same lockout, `GET /getxml?location=...` (any account) and
+`POST /putxml` (an Admin account, `Content-Type: text/xml`, at most 1 MiB). Accounts: `accounts`
+have the User role (enough for the web API), `admins` the Admin role (web API and putxml).
 
 Choices where a real device's answer is unknown [U]:
 - session cap reached: sign-in answers 503, text body "Maximum number of sessions reached";
 - no Remote Monitoring option key: the snapshot answers 403, text body naming the option key;
-- sign-out without a valid session: 401; sign-in success: 200 with a small JSON body.
+- sign-out without a valid session: 401; sign-in success: 200 with a small JSON body;
+- xAPI without valid Basic credentials, or locked out: 401 with `WWW-Authenticate: Basic`;
+  putxml by a User account: 403; another Content-Type: 415; getxml without one `location`: 400
+  (these three with `<Error status="Error"><Reason>`).
 
 Switches (command line, in-process `set_mode`, or `POST /_sim/control` with the header
 `X-Sim-Control: <token>` and a JSON object body): no_option_key, black (lid closed: a black
-1920x1080 frame), slow_s and slow_on (delay the listed endpoints: signin, snapshot, signout),
-down (reset every device request's connection; /_sim/* keeps working so it can come back up),
-fault (a malformed snapshot answer: garbage_json, missing_data, empty_data, bad_base64,
-not_jpeg), images (a file or folder, cycled per snapshot), reset_stats. `GET /_sim/stats`
-(same header) reports the counters.
+1920x1080 frame), slow_s and slow_on (delay the listed endpoints: signin, snapshot, signout,
+getxml, putxml), down (reset every device request's connection, xAPI included; /_sim/* keeps
+working so it can come back up), fault (a malformed snapshot answer: garbage_json,
+missing_data, empty_data, bad_base64, not_jpeg), images (a file or folder, cycled per
+snapshot), reset_stats. `GET /_sim/stats` (same header) reports the counters; `GET
+/_sim/macros` the saved macros, restarts and "running" (`macros()` in-process); `GET
+/_sim/config` every configuration leaf and the trusted CAs' SHA-256 fingerprints
+(`configuration()`; `set_configuration()` presets a leaf, e.g. HttpClient Mode On).
 
 Transport faults, per endpoint (in-process or through /_sim/control only): trickle_ms and
 trickle_on (the listed endpoints' answer bodies go out one byte every trickle_ms; with
@@ -27,10 +40,11 @@ status of a granted sign-in's answer, which still opens the session and sets its
 500) and cookie_attrs (attributes appended to its Set-Cookie, e.g. "Domain=elsewhere.invalid",
 which a client's cookie policy refuses).
 
-Run: `python -m devkit.simulator --account-env SIM_ACCOUNT --images photo.jpg`; the first
-stdout line is the URL, then `fingerprint <SHA-256>`, `control-token <token>` (with `--devices N`,
-these three lines once per device, all with the same control token). All instances in one process
-share one generated key and certificate, so fifty devices cost fifty sockets.
+Run: `python -m devkit.simulator --account-env SIM_ACCOUNT --admin-env SIM_ADMIN --images
+photo.jpg`; the first stdout line is the URL, then `fingerprint <SHA-256>`, `control-token
+<token>`, `serial <serial>` (with `--devices N`, these four lines once per device, all with the
+same control token; `--serial S` then gives S-0, S-1, ...). All instances in one process share
+one generated key and certificate, so fifty devices cost fifty sockets.
 """
 
 from __future__ import annotations
@@ -59,7 +73,8 @@ from functools import cache
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from PIL import Image, ImageOps
@@ -68,17 +83,25 @@ from connector.device import MAX_SNAPSHOT_BYTES, SIGNIN_PATH, SIGNOUT_PATH
 from connector.tls import display_fingerprint, pem_fingerprint
 from devkit.certs import self_signed_identity
 from devkit.fakes.loopback import HOST, LoopbackServer
+from devkit.xapi_device import XapiDevice, error_answer
 
 SNAPSHOT_ROUTE = "/web/api/snapshot/get_b64"
-ENDPOINTS = frozenset({"signin", "snapshot", "signout"})
+ENDPOINTS = frozenset({"signin", "snapshot", "signout", "getxml", "putxml"})
 FAULTS = frozenset({"garbage_json", "missing_data", "empty_data", "bad_base64", "not_jpeg"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 CAMERA_SIZE = (1920, 1080)
 MAX_BODY = 64 * 1024
+MAX_XAPI_BODY = 1024 * 1024  # a macro's source fits many times over
 ENDPOINT_SETS = ("slow_on", "trickle_on", "endless_on", "huge_on")
 HUGE_BODY_BYTES = MAX_SNAPSHOT_BYTES + 1024 * 1024
 ENDLESS_CHUNK = b" " * 256  # JSON whitespace: the body stays "valid so far" for ever
 ENDLESS_EVERY_S = 0.02
+
+Role = Literal["Admin", "User"]
+NO_ADMINS: Mapping[str, str] = MappingProxyType({})
+BASIC_CHALLENGE = 'Basic realm="RoomOS"'
+PUTXML_PATH = "/putxml"
+XML = "text/xml"
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,8 @@ class Stats:
     signouts: int = 0
     snapshots_served: int = 0
     session_limit_refusals: int = 0
+    getxml_requests: int = 0
+    putxml_requests: int = 0
 
 
 @dataclass
@@ -202,9 +227,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return size
 
 
+def new_serial() -> str:
+    """A serial shaped like a real one: FOC and 8 hexadecimal digits."""
+    return "FOC" + secrets.token_hex(4).upper()
+
+
 class DeviceSimulator(LoopbackServer):
     """One simulated device. `with DeviceSimulator(accounts={"admin": pw}) as sim:` serves at
-    `sim.url` (https://127.0.0.1:PORT); `sim.host` is what DeviceAccess.host takes."""
+    `sim.url` (https://127.0.0.1:PORT); `sim.host` is what DeviceAccess.host takes. `accounts`
+    have the User role, `admins` (e.g. `admins={"provisioner": pw}`) the Admin role."""
 
     scheme = "https"
 
@@ -222,8 +253,17 @@ class DeviceSimulator(LoopbackServer):
         max_failed_logins: int = 5,
         lockout_s: float = 60.0,
         mode: Mode | None = None,
+        admins: Mapping[str, str] = NO_ADMINS,
+        serial: str | None = None,
     ) -> None:
+        both = sorted(set(accounts) & set(admins))
+        if both:
+            raise ValueError(f"An account is User or Admin, not both: {', '.join(both)}")
+        self.serial = new_serial() if serial is None else serial
+        if not self.serial or any(c.isspace() or not c.isprintable() for c in self.serial):
+            raise ValueError("A serial is one word of printable characters")
         self.accounts = dict(accounts)
+        self.admins = dict(admins)
         self.size = size
         self.control_token = control_token or secrets.token_urlsafe(18)
         self.cookie_name = cookie_name
@@ -237,6 +277,7 @@ class DeviceSimulator(LoopbackServer):
         self._sessions: dict[str, str] = {}
         self._accounts_state: dict[str, _Account] = {}
         self._stats = Stats()
+        self._xapi = XapiDevice()
         self._lock = threading.Lock()
         super().__init__(port=port)
 
@@ -318,6 +359,20 @@ class DeviceSimulator(LoopbackServer):
         with self._lock:
             self._stats = Stats()
 
+    def macros(self) -> dict[str, Any]:
+        """What `GET /_sim/macros` answers: {"macros": [{"name", "active", "source"}...],
+        "restarts": N, "running": [the names active at the last runtime restart]}."""
+        return self._xapi.macros()
+
+    def configuration(self) -> dict[str, Any]:
+        """What `GET /_sim/config` answers: every leaf ("Macros Mode": "Off", ...) and
+        "ca_certificates", the trusted CAs' SHA-256 fingerprints (`AB:CD:...`)."""
+        return self._xapi.configuration()
+
+    def set_configuration(self, path: str, value: str) -> None:
+        """Set a leaf as an administrator would have, e.g. ("HttpClient Mode", "On")."""
+        self._xapi.set_configuration(path, value)
+
     def drop_sessions(self) -> int:
         """Forget every session, as a device restart would; returns how many there were."""
         with self._lock:
@@ -330,25 +385,45 @@ class DeviceSimulator(LoopbackServer):
         with self._lock:
             self._stats.device_requests += 1
 
+    def count_xapi(self, endpoint: Literal["getxml", "putxml"]) -> None:
+        with self._lock:
+            if endpoint == "getxml":
+                self._stats.getxml_requests += 1
+            else:
+                self._stats.putxml_requests += 1
+
+    def _password_ok(self, username: str, password: str, now: float) -> bool:
+        """The one password check of web sign-in and xAPI, with its lockout (lock held)."""
+        account = self._accounts_state.setdefault(username, _Account())
+        if account.locked_until > now:
+            self._stats.failed_logins += 1
+            return False
+        if account.locked_until:
+            account.failures, account.locked_until = 0, 0.0
+        expected = self.admins.get(username, self.accounts.get(username))
+        if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
+            self._stats.failed_logins += 1
+            account.failures += 1
+            if account.failures >= self.max_failed_logins:
+                account.locked_until = now + self.lockout_s
+            return False
+        account.failures = 0
+        return True
+
+    def authenticate(self, username: str, password: str) -> Role | None:
+        """The role of an xAPI request's Basic credentials; None when refused."""
+        with self._lock:
+            if not self._password_ok(username, password, time.monotonic()):
+                return None
+        return "Admin" if username in self.admins else "User"
+
     def sign_in(self, username: str, password: str) -> tuple[int, str | None]:
         """(HTTP status, session id or None)."""
         now = time.monotonic()
         with self._lock:
             self._stats.signin_attempts += 1
-            account = self._accounts_state.setdefault(username, _Account())
-            if account.locked_until > now:
-                self._stats.failed_logins += 1
+            if not self._password_ok(username, password, now):
                 return 401, None
-            if account.locked_until:
-                account.failures, account.locked_until = 0, 0.0
-            expected = self.accounts.get(username)
-            if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
-                self._stats.failed_logins += 1
-                account.failures += 1
-                if account.failures >= self.max_failed_logins:
-                    account.locked_until = now + self.lockout_s
-                return 401, None
-            account.failures = 0
             per_user = sum(1 for user in self._sessions.values() if user == username)
             if (
                 len(self._sessions) >= self.max_total_sessions
@@ -371,6 +446,16 @@ class DeviceSimulator(LoopbackServer):
                 return False
             self._stats.signouts += 1
             return True
+
+    def getxml(self, location: str) -> tuple[int, bytes]:
+        """(HTTP status, XML) of `GET /getxml?location=...`."""
+        return self._xapi.getxml(
+            location, serial=self.serial, remote_monitoring=not self.mode.no_option_key
+        )
+
+    def putxml(self, body: bytes) -> tuple[int, bytes]:
+        """(HTTP status, XML) of an Admin's `POST /putxml`."""
+        return self._xapi.putxml(body)
 
     def next_frame(self) -> bytes:
         with self._lock:
@@ -445,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         self._endpoint: str | None = None  # set once routed: the transport faults apply to it
         path, _, query = self.path.partition("?")
-        body = self._body()
+        body = self._body(MAX_XAPI_BODY if path == PUTXML_PATH else MAX_BODY)
         if body is None:
             return
         sim = self.server.sim
@@ -460,6 +545,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", SIGNIN_PATH): ("signin", self._sign_in),
             ("GET", SNAPSHOT_ROUTE): ("snapshot", self._snapshot),
             ("GET", SIGNOUT_PATH): ("signout", self._sign_out),
+            ("GET", "/getxml"): ("getxml", self._getxml),
+            ("POST", PUTXML_PATH): ("putxml", self._putxml),
         }
         route = routes.get((method, path))
         if route is None:
@@ -522,6 +609,48 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(401, b"Unauthorized")
 
+    def _getxml(self, query: str, body: bytes) -> None:
+        sim = self.server.sim
+        sim.count_xapi("getxml")
+        if self._xapi_role() is None:
+            return
+        locations = parse_qs(query, keep_blank_values=True).get("location", [])
+        if len(locations) != 1:
+            reason = "Give one location, e.g. /Status/SystemUnit"
+            self._send(400, error_answer(reason), XML)
+            return
+        self._send(*sim.getxml(locations[0]), XML)
+
+    def _putxml(self, query: str, body: bytes) -> None:
+        sim = self.server.sim
+        sim.count_xapi("putxml")
+        role = self._xapi_role()
+        if role is None:
+            return
+        if role != "Admin":
+            reason = "Forbidden: putxml needs an account with the Admin role"
+            self._send(403, error_answer(reason), XML)
+        elif self.headers.get_content_type() != XML:
+            self._send(415, error_answer(f"Content-Type must be {XML}"), XML)
+        else:
+            self._send(*sim.putxml(body), XML)
+
+    def _xapi_role(self) -> Role | None:
+        """The role of the request's Basic credentials, or None once 401 is answered."""
+        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        role: Role | None = None
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+            except ValueError:  # binascii.Error and UnicodeDecodeError both are
+                decoded = ""
+            user, colon, password = decoded.partition(":")
+            if colon:
+                role = self.server.sim.authenticate(user, password)
+        if role is None:
+            self._send(401, b"Unauthorized", headers=[("WWW-Authenticate", BASIC_CHALLENGE)])
+        return role
+
     def _control(self, method: str, path: str, body: bytes) -> None:
         sim = self.server.sim
         token = self.headers.get("X-Sim-Control", "")
@@ -530,6 +659,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if (method, path) == ("GET", "/_sim/stats"):
             self._send_json(200, sim.stats())
+        elif (method, path) == ("GET", "/_sim/macros"):
+            self._send_json(200, sim.macros())
+        elif (method, path) == ("GET", "/_sim/config"):
+            self._send_json(200, sim.configuration())
         elif (method, path) == ("POST", "/_sim/control"):
             try:
                 switches = json.loads(body or b"{}")
@@ -545,13 +678,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _body(self) -> bytes | None:
-        """The request body (bounded); None when the request was refused."""
+    def _body(self, limit: int) -> bytes | None:
+        """The request body (at most `limit` bytes); None when the request was refused."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if not 0 <= length <= MAX_BODY:
+        if not 0 <= length <= limit:
             self.close_connection = True
             self._send(413, b"Payload Too Large")
             return None
@@ -666,28 +799,34 @@ _FAULTY_ANSWERS: dict[str, tuple[bytes, str]] = {
 }
 
 
-def _accounts(pairs: Sequence[str], env_names: Sequence[str]) -> dict[str, str]:
+def _accounts(option: str, pairs: Sequence[str], env_names: Sequence[str]) -> dict[str, str]:
+    """The user:password pairs of --OPTION and --OPTION-env."""
     accounts: dict[str, str] = {}
     values = list(pairs)
     for name in env_names:
         value = os.environ.get(name)
         if value is None:
-            raise SystemExit(f"--account-env: the variable {name} is not set")
+            raise SystemExit(f"--{option}-env: the variable {name} is not set")
         values.append(value)
     for value in values:
         user, sep, password = value.partition(":")
         if not sep or not user:
-            raise SystemExit("An account is written user:password")
+            raise SystemExit(f"--{option}: an account is written user:password")
         accounts[user] = password
-    if not accounts:
-        raise SystemExit("Give at least one --account or --account-env")
     return accounts
+
+
+def _serials(serial: str | None, devices: int) -> list[str | None]:
+    """One per device: generated, the given one, or (several devices) the given one + -i."""
+    if serial is None:
+        return [None] * devices
+    return [serial] if devices == 1 else [f"{serial}-{i}" for i in range(devices)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m devkit.simulator",
-        description="Simulated RoomOS device web API (HTTPS on 127.0.0.1).",
+        description="Simulated RoomOS device: web API and HTTP xAPI (HTTPS on 127.0.0.1).",
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
@@ -698,6 +837,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--account", action="append", default=[], help="user:password")
     parser.add_argument(
         "--account-env", action="append", default=[], help="variable holding user:password"
+    )
+    parser.add_argument("--admin", action="append", default=[], help="user:password (Admin role)")
+    parser.add_argument(
+        "--admin-env", action="append", default=[], help="variable holding user:password (Admin)"
+    )
+    parser.add_argument(
+        "--serial", help="default: FOC + 8 hex digits (several devices: S-0, S-1..)"
     )
     parser.add_argument("--control-token", help="default: a random token, printed")
     parser.add_argument("--cert-out", help="write the certificate PEM here (a CA bundle)")
@@ -721,21 +867,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.devices < 1:
         raise SystemExit("--devices is at least 1")
-    accounts = _accounts(args.account, args.account_env)
+    accounts = _accounts("account", args.account, args.account_env)
+    admins = _accounts("admin", args.admin, args.admin_env)
+    if not accounts and not admins:
+        raise SystemExit("Give at least one --account, --account-env, --admin or --admin-env")
     control_token = args.control_token or secrets.token_urlsafe(18)
-    sims = [
-        DeviceSimulator(
-            accounts,
-            args.images,
-            port=args.port + i if args.port else 0,
-            size=args.size,
-            control_token=control_token,
-            cookie_name=args.cookie_name,
-            lockout_s=args.lockout_s,
-            mode=mode,
-        )
-        for i in range(args.devices)
-    ]
+    try:
+        sims = [
+            DeviceSimulator(
+                accounts,
+                args.images,
+                port=args.port + i if args.port else 0,
+                size=args.size,
+                control_token=control_token,
+                cookie_name=args.cookie_name,
+                lockout_s=args.lockout_s,
+                mode=mode,
+                admins=admins,
+                serial=serial,
+            )
+            for i, serial in enumerate(_serials(args.serial, args.devices))
+        ]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if args.cert_out:
         Path(args.cert_out).write_bytes(sims[0].cert_pem)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -743,7 +897,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sim.start()
         print(sim.url)
         print(f"fingerprint {sim.fingerprint}")
-        print(f"control-token {sim.control_token}", flush=True)
+        print(f"control-token {sim.control_token}")
+        print(f"serial {sim.serial}", flush=True)
     try:
         while True:
             time.sleep(3600)

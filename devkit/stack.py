@@ -35,6 +35,8 @@ from devkit.secrets_used import register as register_secret
 from devkit.simulator import DeviceSimulator
 
 SIM_ACCOUNT = "faceid-connector"
+#: The simulated devices' administrator (Admin role), for `admin provision`.
+SIM_ADMIN = "admin"
 
 
 @dataclass
@@ -64,8 +66,19 @@ class SimDevice:
         return dict(answer.json())
 
     def stats(self) -> dict[str, Any]:
+        return self._read("stats")
+
+    def macros(self) -> dict[str, Any]:
+        """The device's macros ({"macros": [{name, active, source}], "restarts", "running"})."""
+        return self._read("macros")
+
+    def configuration(self) -> dict[str, Any]:
+        """Every configuration leaf ("Macros Mode": "On", ...) and "ca_certificates"."""
+        return self._read("config")
+
+    def _read(self, what: str) -> dict[str, Any]:
         answer = requests.get(
-            f"{self.url}/_sim/stats",
+            f"{self.url}/_sim/{what}",
             headers={"X-Sim-Control": self.control_token},
             verify=self.ca_path,
             timeout=5,
@@ -82,6 +95,8 @@ class Stack:
     devices: list[SimDevice]
     config_path: Path
     ca_path: Path
+    #: `--admin-password-ref` of `admin provision`: the simulators' SIM_ADMIN password.
+    device_admin_ref: str = ""
     extra: list[ServerProcess] = field(default_factory=list)
 
     @property
@@ -120,12 +135,17 @@ class Stack:
 
     def admin(self, *args: str) -> tuple[int, str]:
         """Run `python -m connector --config ... admin ARGS` with the connector's environment."""
-        command = ServerProcess(
-            [sys.executable, "-m", "connector", "--config", str(self.config_path), "admin", *args],
-            env=self.connector.env,
-        ).start()
+        command = self.start_admin(*args)
         code = command.wait(120)
         return code, command.stdout() + command.stderr()
+
+    def start_admin(self, *args: str, log_prefix: Path | None = None) -> ServerProcess:
+        """`admin ARGS` started, not waited for (`admin provision` waits for the macro)."""
+        return ServerProcess(
+            [sys.executable, "-m", "connector", "--config", str(self.config_path), "admin", *args],
+            env=self.connector.env,
+            log_prefix=log_prefix,
+        ).start()
 
     def restart_connector(self, log_name: str) -> None:
         """Start the connector again as a supervisor would (same command, environment,
@@ -212,6 +232,7 @@ def _config_text(
             f'tls = {{ fingerprint_sha256 = "{device.fingerprint}" }}',
             "",
         ]
+    lines += ["[provisioning]", f'connector_url = "https://127.0.0.1:{port}"', ""]
     return "\n".join(lines) + extra_toml
 
 
@@ -255,11 +276,22 @@ def start_stack(
         started.append(function)
 
         password = secrets.token_urlsafe(18)
-        sim_env = {"FACEID_SIM_ACCOUNT": f"{SIM_ACCOUNT}:{password}"}
+        admin_password = secrets.token_urlsafe(18)
+        register_secret("device admin password", admin_password)
+        _write_private(workdir / "device-admin.password", admin_password.encode())
+        sim_env = {
+            "FACEID_SIM_ACCOUNT": f"{SIM_ACCOUNT}:{password}",
+            "FACEID_SIM_ADMIN": f"{SIM_ADMIN}:{admin_password}",
+        }
         sims: list[SimDevice] = []
         if in_process:
             for i in range(devices):
-                sim = DeviceSimulator({SIM_ACCOUNT: password}, images).start()
+                sim = DeviceSimulator(
+                    {SIM_ACCOUNT: password},
+                    images,
+                    serial=f"SIM{i:04d}",
+                    admins={SIM_ADMIN: admin_password},
+                ).start()
                 threads.append(sim)
                 sims.append(
                     SimDevice(
@@ -274,14 +306,16 @@ def start_stack(
                     )
                 )
         elif shared_simulator:
-            proc = _start_simulator_process(workdir, images, sim_env, sim_args, devices)
+            proc = _start_simulator_process(workdir, images, sim_env, sim_args, devices, "SIM")
             started.append(proc)
             sims = _devices_of(proc, workdir / "simulator.pem", devices)
         else:
             for i in range(devices):
-                proc = _start_simulator_process(workdir, images, sim_env, sim_args, 1, f"-{i}")
+                proc = _start_simulator_process(
+                    workdir, images, sim_env, sim_args, 1, f"SIM{i:04d}", f"-{i}"
+                )
                 started.append(proc)
-                sims += _devices_of(proc, workdir / f"simulator-{i}.pem", 1, first=i)
+                sims += _devices_of(proc, workdir / f"simulator-{i}.pem", 1)
 
         cert, key = self_signed_identity(["127.0.0.1", "localhost"])
         (workdir / "connector.crt").write_bytes(cert)
@@ -316,7 +350,15 @@ def start_stack(
         ).start()
         started.append(connector)
         _wait_https(connector, f"https://127.0.0.1:{port}/healthz", workdir / "connector.crt")
-        return Stack(workdir, function, connector, sims, config_path, workdir / "connector.crt")
+        return Stack(
+            workdir,
+            function,
+            connector,
+            sims,
+            config_path,
+            workdir / "connector.crt",
+            device_admin_ref=f"file:{workdir / 'device-admin.password'}",
+        )
     except BaseException:
         for proc in reversed(started):
             proc.stop()
@@ -341,6 +383,7 @@ def _start_simulator_process(
     env: Mapping[str, str],
     sim_args: tuple[str, ...],
     devices: int,
+    serial: str,
     suffix: str = "",
 ) -> ServerProcess:
     name = f"simulator{suffix}"
@@ -349,6 +392,10 @@ def _start_simulator_process(
         [
             "--account-env",
             "FACEID_SIM_ACCOUNT",
+            "--admin-env",
+            "FACEID_SIM_ADMIN",
+            "--serial",
+            serial,
             "--images",
             str(images),
             "--cert-out",
@@ -363,17 +410,19 @@ def _start_simulator_process(
     )
 
 
-def _devices_of(proc: ServerProcess, ca: Path, count: int, first: int = 0) -> list[SimDevice]:
-    """The devices a simulator process announced: URL, fingerprint, control token per device."""
-    pattern = re.compile(r"^(https://\S+)\nfingerprint (\S+)\ncontrol-token (\S+)$", re.MULTILINE)
+def _devices_of(proc: ServerProcess, ca: Path, count: int) -> list[SimDevice]:
+    """The devices a simulator process announced: URL, fingerprint, control token and serial."""
+    pattern = re.compile(
+        r"^(https://\S+)\nfingerprint (\S+)\ncontrol-token (\S+)\nserial (\S+)$", re.MULTILINE
+    )
     deadline = time.monotonic() + 30
     while len(found := pattern.findall(proc.stdout())) < count:
         if proc.returncode is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the simulator did not announce {count} devices:\n{proc.stderr()}")
         time.sleep(0.02)
     return [
-        SimDevice(f"SIM{first + i:04d}", secrets.token_bytes(32), proc, url, fp, control, str(ca))
-        for i, (url, fp, control) in enumerate(found[:count])
+        SimDevice(serial, secrets.token_bytes(32), proc, url, fp, control, str(ca))
+        for url, fp, control, serial in found[:count]
     ]
 
 

@@ -15,8 +15,8 @@ import xapi from 'xapi';
 const SETTINGS = {
   // Base URL of the connector: scheme, host and port only.
   connectorUrl: 'https://connector.example:8443',
-  // This device's key (43 characters, base64url), printed once by
-  // `python -m connector admin add-device ...`. It signs requests and checks answers; it is never
+  // This device's key (43 characters, base64url), written by `admin provision` (by hand: printed
+  // once by `admin rotate-key --manual`). It signs requests and checks answers; it is never
   // sent. Empty or not a 32-byte key: the screen stays locked.
   deviceKey: '',
   // The right way to trust a connector certificate no public CA issued is to upload its CA to the
@@ -29,6 +29,8 @@ const SETTINGS = {
   relockIdleSeconds: 600,
   // Per HTTP request, 1 to 29 seconds (the device's own limit is 30).
   requestTimeoutSeconds: 25,
+  // Names this push; set by `admin provision` so the connector sees this very copy run. '' by hand.
+  pushId: '',
 };
 
 /**
@@ -413,12 +415,29 @@ async function lock(reason, message) {
 /** Ends the connector's unlocked session too, so it stops accepting enrollment for this device. */
 function tellConnectorLocked() {
   attempt('telling the connector', async () => {
-    const serial = await readSerial();
-    if (serial === null) return;
-    const answer = await post('/v1/lock', { serial });
+    const answer = await postAsDevice('/v1/lock');
     if (!answer.ok) log(`connector lock not confirmed (${answer.code})`);
     else if (answer.body.unlocked !== false) log('connector lock not confirmed (still unlocked)');
   });
+}
+
+/**
+ * Tells the connector that this copy runs, naming its push (`admin provision` waits for it). Only
+ * logged: the answer unlocks nothing, and a failure shows nothing on screen.
+ */
+function reportIn() {
+  attempt('reporting in', async () => {
+    const answer = await postAsDevice('/v1/status', { push: settings.pushId });
+    if (!answer.ok) log(`not reported in (${answer.code})`);
+    else if (!isStatusAnswer(answer.body)) log('not reported in (malformed_answer)');
+    else log(`reported in (push ${settings.pushId ? settings.pushId : 'none: installed by hand'})`);
+  });
+}
+
+/** The shape of a status answer (docs/api.md §2), whose signature already held. */
+function isStatusAnswer(body) {
+  return Number.isSafeInteger(body.enrolled_people) && typeof body.unlocked === 'boolean' &&
+    typeof body.locked_out_for_s === 'number';
 }
 
 async function unlock(person, greeting) {
@@ -530,6 +549,13 @@ function post(path, payload) {
   const run = state.queue.then(() => postNow(path, payload));
   state.queue = run.then(() => undefined, () => undefined);
   return run;
+}
+
+/** post() of {serial, ...fields} for this device's serial, read now; refused without one. */
+async function postAsDevice(path, fields = {}) {
+  const serial = await readSerial();
+  if (serial === null) return { ok: false, code: 'no_serial', message: MESSAGES.noSerial };
+  return post(path, Object.assign({ serial }, fields));
 }
 
 function withDeadline(promise, ms) {
@@ -778,6 +804,7 @@ function normalise(overrides) {
     allowPlainHttp: merged.allowPlainHttp === true,
     relockIdleSeconds: idle >= 10 ? idle : 10,
     requestTimeoutSeconds: timeout >= 1 && timeout <= 29 ? timeout : 25,
+    pushId: typeof merged.pushId === 'string' ? merged.pushId : '',
   });
 }
 
@@ -792,7 +819,10 @@ export function stop() {
   state = freshState();
 }
 
-/** Lock first, then listen. Tests pass settings overrides; on the device it runs at load. */
+/**
+ * Lock first, then listen, then report in (not awaited: it never holds up the lock or the UI).
+ * Tests pass settings overrides; on the device it runs at load.
+ */
 export async function start(overrides = {}) {
   stop();
   settings = normalise(overrides);
@@ -801,6 +831,7 @@ export async function start(overrides = {}) {
   await lock('start');
   subscribe();
   await reportPrerequisites();
+  if (configured()) reportIn();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ import pytest
 from hypothesis import settings
 
 from devkit import procs
+from devkit.connector_e2e import open_sessions
 from devkit.fakes.mxface import FakeMXFace
+from devkit.photos import write_frames
 from devkit.secrets_used import (
     TALLY,
     Finding,
@@ -30,6 +32,7 @@ from devkit.secrets_used import (
     registered,
 )
 from devkit.simulator import DeviceSimulator
+from devkit.stack import Stack, start_stack
 from tests.support.infra import terraform_module
 from tests.support.memory_runtime import Rig, memory_rig
 from tests.support.slow_guard import SlowGuard
@@ -82,7 +85,7 @@ def _register_simulator_accounts() -> None:
 
     @functools.wraps(original)
     def init(self: DeviceSimulator, accounts: Any, *args: Any, **kwargs: Any) -> None:
-        for password in dict(accounts).values():
+        for password in [*dict(accounts).values(), *dict(kwargs.get("admins", {})).values()]:
             register("device password (DeviceSimulator account)", password)
         original(self, accounts, *args, **kwargs)
 
@@ -239,3 +242,32 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     made = memory_rig(tmp_path)
     yield made
     made.close()
+
+
+@pytest.fixture(scope="module")
+def admin_frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Camera frames for the admin-command modules' stack."""
+    return write_frames(tmp_path_factory.mktemp("frames"))
+
+
+@pytest.fixture(scope="module")
+def admin_stack(
+    admin_frames: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The running stack of the admin-command modules: local engine, two simulated devices
+    showing Grace Hopper."""
+    stack = start_stack(
+        tmp_path_factory.mktemp("stack"), images=admin_frames["grace_hopper"], devices=2
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def signed_out(admin_stack: Stack) -> Iterator[None]:
+    """After the test, no device web session of admin_stack is left open
+    (`pytest.mark.usefixtures`)."""
+    yield
+    assert open_sessions(admin_stack.devices) == {}

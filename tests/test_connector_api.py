@@ -518,7 +518,7 @@ def test_a_body_over_64_kib_is_413_with_or_without_content_length(stack, devices
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/verify"), ("PUT", "/v1/enroll"), ("POST", "/v1/status"), ("GET", "/v1/lock")],
+    [("GET", "/v1/verify"), ("PUT", "/v1/enroll"), ("PUT", "/v1/status"), ("GET", "/v1/lock")],
 )
 def test_a_wrong_method_is_405(stack, devices, method, path):
     answer = requests.request(

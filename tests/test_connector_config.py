@@ -4,6 +4,7 @@ only by reference, and admin edits that keep the rest of the file as it was."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import stat
@@ -11,6 +12,8 @@ import stat
 import pytest
 from faceid_core.errors import FaceIdError
 
+from connector.__main__ import main
+from connector.admin import Exit
 from connector.config import (
     ConnectorConfig,
     DeviceDefaults,
@@ -18,9 +21,11 @@ from connector.config import (
     ServerConfig,
     TlsPolicy,
     add_device,
+    check,
     config_path,
     decode_store_key,
     load_config,
+    problems,
     reference,
     remove_device,
 )
@@ -48,24 +53,12 @@ def device(serial: str = "FOC1", **fields: str) -> str:
 # --- loading -------------------------------------------------------------------------------
 
 
-def test_the_example_file_loads():
+def test_the_example_file_loads_with_its_devices_commented_out():
     config = load_config(EXAMPLE)
-    first, second = config.devices
-    assert (first.serial, first.username, first.password) == (
-        "FOC2401ABCD",
-        "faceid",
-        "env:FACEID_DEVICE_PASSWORD",
-    )
-    assert (
-        first.tls.fingerprint_sha256
-        == "3f8a1b52c4d09e77216be348f05ca9128d64b73e05fac1299d4e63b8701a2cd5"
-    )
-    assert (second.username, second.tls, second.name) == (
-        "faceid-lab",
-        TlsPolicy(insecure=True),
-        "Lab desk",
-    )
+    assert config.devices == ()
+    assert config.device_defaults.password == "file:/etc/faceid/secrets/device-password"
     assert config.store.path == "/var/lib/faceid/faceid.db"
+    assert config.store.key == "file:/etc/faceid/secrets/store-key"
     assert config.function.audience == config.function.url
     assert config.policy == PolicyConfig() and config.webex is None
 
@@ -87,7 +80,7 @@ def documented_defaults() -> list[tuple[str, str, object]]:
 def test_defaults_are_the_documented_ones(tmp_path):
     config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
     rows = documented_defaults()
-    assert len(rows) == 27
+    assert len(rows) == 29
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
@@ -318,7 +311,7 @@ def test_file_reference_failures_name_the_file_not_the_value(tmp_path):
     empty.chmod(0o600)
     with pytest.raises(FaceIdError, match="is empty"):
         resolve_secret(f"file:{empty}", "x")
-    with pytest.raises(FaceIdError, match="could not be read"):
+    with pytest.raises(FaceIdError, match=r"is not a regular file \(a folder\)"):
         resolve_secret(f"file:{tmp_path}", "x")
 
 
@@ -427,3 +420,88 @@ def test_added_then_removed_device_restores_the_file(tmp_path):
                password_ref="env:P")  # fmt: skip
     assert remove_device(path, "FOC3") is True
     assert path.read_text() == COMMENTED
+
+
+# --- checks (admin check-config, and a reload) -------------------------------------------------
+
+
+def test_check_lists_each_problem_of_the_file_apart_as_loading_names_them(tmp_path):
+    text = BASE + "[server]\nport = 0\n[policy]\nthreshold = 0\n[log]\nlevel = 'LOUD'\n"
+    checked = check(write(tmp_path, text))
+    assert not checked.ok and checked.config is None
+    assert "3 problems: " + "; ".join(checked.problems) == load_error(tmp_path, text)
+    assert problems(tmp_path / "faceid.toml") == list(checked.problems)
+
+
+def test_check_resolves_every_secret_and_names_the_field_of_each_failure(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACEID_TEST_STORE_KEY", raising=False)
+    monkeypatch.delenv("SHARED_PW", raising=False)
+    text = (
+        BASE
+        + '[device_defaults]\nusername = "faceid"\npassword = "env:SHARED_PW"\n'
+        + device("FOC1", username=None, password=None)
+        + device("FOC2", username=None, password=None)
+        + device("FOC3", password='"file:absent-pw"')
+        + '[webex]\nbot_token = "file:absent-token"\nroom_id = "R"\n'
+    )
+    assert problems(write(tmp_path, text)) == [
+        "store.key: environment variable FACEID_TEST_STORE_KEY is not set or empty",
+        "device_defaults.password: environment variable SHARED_PW is not set or empty",
+        f"devices[2].password: secret file {tmp_path / 'absent-pw'} does not exist",
+        f"webex.bot_token: secret file {tmp_path / 'absent-token'} does not exist",
+    ]
+    assert not (tmp_path / "state").exists()  # the store is neither opened nor created
+
+
+def test_check_refuses_a_store_key_of_the_wrong_length_without_showing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEID_TEST_STORE_KEY", "c2hvcnQta2V5")
+    [problem] = problems(write(tmp_path, BASE))
+    assert problem.startswith("store.key: the referenced value must be 32 bytes")
+    assert "c2hvcnQta2V5" not in problem
+
+
+def test_check_of_a_good_file_gives_each_device_its_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEID_TEST_STORE_KEY", KEY.hex())
+    monkeypatch.setenv("DEVICE_PW", "device-pw")
+    checked = check(write(tmp_path, BASE + device("FOC1") + device("FOC2")))
+    assert checked.ok and checked.config is not None
+    assert dict(checked.passwords) == {"FOC1": "device-pw", "FOC2": "device-pw"}
+    assert "device-pw" not in repr(checked)
+
+
+def test_check_keeps_what_secret_manager_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEID_TEST_STORE_KEY", KEY.hex())
+    with FakeSecretManager() as gsm:
+        monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", gsm.address)
+        name = gsm.add_version("projects/p/secrets/device-pw", "from-gsm")
+        gsm.set_state(name, "DISABLED")
+        found = problems(write(tmp_path, BASE + device(password=f'"gsm:{name}"')))
+    assert found == [f"devices[0].password {name} is disabled or destroyed"]
+
+
+def test_check_of_a_missing_file_is_its_one_problem(tmp_path):
+    assert problems(tmp_path / "absent.toml") == [
+        f"configuration file {tmp_path / 'absent.toml'} does not exist"
+    ]
+
+
+def test_admin_check_config_prints_each_problem_on_its_own_line(tmp_path, capsys):
+    path = write(tmp_path, BASE + "[server]\nport = 0\n[log]\nlevel = 'LOUD'\n")
+    assert main(["--config", str(path), "admin", "check-config"]) == Exit.FAILED
+    assert capsys.readouterr().out.splitlines() == [
+        "server.port must be a whole number from 1 to 65535",
+        "log.level must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'",
+    ]
+    assert main(["--config", str(path), "admin", "check-config", "--json"]) == Exit.FAILED
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["ok"] is False and len(answer["problems"]) == 2
+
+
+def test_admin_check_config_says_ok_with_the_device_count(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FACEID_TEST_STORE_KEY", KEY.hex())
+    monkeypatch.setenv("DEVICE_PW", "device-pw")
+    path = write(tmp_path, BASE + device("FOC1") + device("FOC2"))
+    assert main(["--config", str(path), "admin", "check-config"]) == Exit.DONE
+    assert capsys.readouterr().out == "configuration OK: 2 devices\n"
+    assert main(["--config", str(path), "admin", "check-config", "--json"]) == Exit.DONE
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "problems": []}

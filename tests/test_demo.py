@@ -45,6 +45,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def test_make_demo_provisions_its_device_and_the_pushed_macro_logs_the_person_in(tmp_path):
+    ran = demo("run", tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    provisioned = next(line for line in ran.stderr.splitlines() if "SIM0000" in line)
+    assert provisioned.split()[:2] == ["SIM0000", "ok"] and "reported in" in provisioned
+    pushed = (tmp_path / "run" / "device-macros" / "faceid.js").read_text()
+    assert "  pushId: ''," not in pushed and "  deviceKey: ''," not in pushed
+    assert "unlocked  match" in ran.stdout and "Every scenario behaved as expected." in ran.stdout
+
+
 def test_demo_up_leaves_a_working_stack_after_it_exits_and_down_stops_it(tmp_path):
     started = demo("up", tmp_path)
     try:

@@ -108,16 +108,6 @@ def test_snapshot_returns_the_device_jpeg_and_signs_out(sim, client):
     assert (stats["signins"], stats["snapshots_served"], stats["signouts"]) == (1, 1, 1)
 
 
-def test_probe_reports_timings_dimensions_and_certificate_fingerprint(client):
-    with DeviceSimulator({"admin": PASSWORD}, [FRAME], size=(1920, 1080)) as device:
-        report = client.probe(access(device))
-        assert device.stats()["open_sessions"] == 0
-    assert (report["width"], report["height"]) == (1920, 1080)
-    assert report["certificate_sha256"] == device.fingerprint
-    assert report["bytes"] > 0 and report["total_ms"] >= report["snapshot_ms"]
-    assert report["tls_policy"] == "ca_bundle"
-
-
 @pytest.mark.parametrize("cookie_name", ["SessionId", "SecureSessionId", "WebSession"])
 def test_session_cookie_is_taken_by_name_from_the_sign_in_answer(client, cookie_name):
     with DeviceSimulator({"admin": PASSWORD}, [FRAME], cookie_name=cookie_name) as device:

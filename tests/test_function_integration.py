@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from faceid_core.errors import FaceIdError
+from faceid_core.secrets import FAILED_READ_KEPT_S
 
 from connector.config import FunctionConfig
 from connector.relay import FunctionClient
@@ -246,6 +248,7 @@ def test_secret_manager_failures_are_config_errors(post, mx, sm, break_it, repai
             sm.add_version(SECRET, mx.key)
         else:
             repair(sm)
+    time.sleep(FAILED_READ_KEPT_S + 0.5)  # the function answers its failed read again meanwhile
     assert post(SAME).json()["verdict"] == "match"  # repaired: read again, works
 
 
@@ -268,6 +271,36 @@ def test_rotated_secret_is_picked_up_after_one_refusal(post, mx, sm, monkeypatch
     assert_refused(post(SAME), 500, "config_error")
     assert post(SAME).json()["verdict"] == "match"
     assert mx.requests[-1].headers["subscriptionkey"] == new_key
+
+
+# -- readiness -------------------------------------------------------------------------------------
+
+
+def test_the_connectors_check_reads_the_functions_readiness_and_logs_no_warning(
+    function, post, mx, sm
+):
+    """GET /ready through the connector's own client: ready, then failing with the function's
+    reason while the secret cannot be read (MXFace is never asked), then ready again; the
+    function logs its ready answers at DEBUG and its failing one as one ERROR."""
+    check = FunctionClient(FunctionConfig(url=function.url, auth="none", audience=function.url))
+    printed = len(function.stdout())
+    assert check.reachable() is None
+    forget_key(post, mx)
+    sm.deny(SECRET)
+    try:
+        reason = check.reachable()
+    finally:
+        sm.deny(SECRET, False)
+    assert (
+        reason == f"failing: permission denied reading MXFACE_KEY_SECRET {SECRET}/versions/latest"
+    )
+    assert mx.count() == 0
+    time.sleep(FAILED_READ_KEPT_S + 0.5)  # the function answers its failed read again meanwhile
+    assert check.reachable() is None
+    check.close()
+    lines = [json.loads(line) for line in function.stdout()[printed:].splitlines() if line]
+    ready = [(r["severity"], r["status"]) for r in lines if r.get("action") == "ready"]
+    assert ready == [("DEBUG", 200), ("ERROR", 503), ("DEBUG", 200)]
 
 
 # -- start-up --------------------------------------------------------------------------------------

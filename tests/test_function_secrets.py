@@ -1,6 +1,6 @@
 """The MXFace key from Secret Manager (MXFACE_KEY_SECRET), read by the real client from the fake
-Secret Manager server: cached per instance, fetched once under concurrency, CRC32C-checked,
-dropped on a 401 so a rotated secret is picked up."""
+Secret Manager server: cached per instance, fetched once under concurrency, a failure kept a
+few seconds, CRC32C-checked, dropped on a 401 so a rotated secret is picked up."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from faceid_core.errors import FaceIdError
-from faceid_core.secrets import mxface_key_source
+from faceid_core.secrets import FAILED_READ_KEPT_S, mxface_key_source
 
 from devkit.fakes.mxface import unauthorized
 from devkit.fakes.secret_manager import FakeSecretManager
@@ -92,10 +92,12 @@ def test_concurrent_requests_read_the_secret_once(app, client, sm, secret):
     assert sm.access_count(f"{secret}/versions/latest") == 1
 
 
-def test_a_failed_read_is_shared_by_its_waiters_and_not_cached(sm, secret):
+def test_a_failed_read_is_shared_by_its_waiters_and_kept_a_few_seconds(sm, secret):
     sm.deny(secret)
     sm.delay_s = 0.3
     source = mxface_key_source(None, f"{secret}/versions/latest")
+    now = [1000.0]
+    source.clock = lambda: now[0]
     start = threading.Barrier(8)
 
     def ask(_: int) -> str:
@@ -110,7 +112,11 @@ def test_a_failed_read_is_shared_by_its_waiters_and_not_cached(sm, secret):
     assert sm.access_count(f"{secret}/versions/latest") == 1
     sm.deny(secret, False)
     sm.delay_s = 0.0
-    assert source.get(5.0)  # the next request tries again
+    with pytest.raises(FaceIdError, match="permission denied"):
+        source.get(5.0)  # within the window: the same failure, no read
+    assert sm.access_count(f"{secret}/versions/latest") == 1
+    now[0] += FAILED_READ_KEPT_S
+    assert source.get(5.0)  # the window has passed: read again, and taken
     assert sm.access_count(f"{secret}/versions/latest") == 2
 
 

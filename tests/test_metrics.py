@@ -215,7 +215,7 @@ def test_health_reports_store_function_and_last_match_without_hammering_the_func
     world.room.control(images=str(world.frames["grace_hopper"]))
     assert world.verify(world.room)[0]["verdict"] == "match"
     function_log = world.stack.function.stdout
-    probes_before = function_log().count('"status":405')
+    probes_before = function_log().count('"action":"ready"')
     assert probes_before >= 1  # the check reaches the function (first /healthz at start-up)
     answers = [world.get("/healthz") for _ in range(20)]
     assert {a.status_code for a in answers} == {200}
@@ -225,7 +225,10 @@ def test_health_reports_store_function_and_last_match_without_hammering_the_func
     assert 0 <= report["checks"]["function_checked_s_ago"] < 30
     assert 0 <= report["devices"][world.room.serial]["last_match_s_ago"] < 30
     assert report["devices"][world.board.serial] == {"last_match_s_ago": None}
-    assert function_log().count('"status":405') - probes_before <= 1
+    assert function_log().count('"action":"ready"') - probes_before <= 1
+    records = [json.loads(line) for line in function_log().splitlines() if line]
+    probes = [r for r in records if r.get("action") == "ready"]
+    assert {r["severity"] for r in probes} == {"DEBUG"}  # GET /ready: no warning in the log
 
 
 @pytest.mark.slow

@@ -415,11 +415,14 @@ def test_too_many_references_are_refused_before_sending(function, plain_client):
     assert function.seen == []
 
 
-def test_inspect_returns_boxes(function, plain_client):
+def test_inspect_returns_boxes_and_their_detection_scores(function, plain_client):
     function.reply = lambda *_: json_reply(
         {"faces": [{"box": [10, 20, 110, 130], "quality": 0.9}, {"box": [300, 40, 90, 95]}]}
     )
-    assert plain_client.inspect(PROBE, trace=TRACE) == [(10, 20, 110, 130), (300, 40, 90, 95)]
+    assert plain_client.inspect(PROBE, trace=TRACE) == [
+        ((10, 20, 110, 130), 0.9),
+        ((300, 40, 90, 95), None),
+    ]
     path, _, body = function.seen[0]
     assert path == "/inspect" and base64.b64decode(body["image"]) == PROBE
 

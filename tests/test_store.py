@@ -484,17 +484,23 @@ def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, pa
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE device_keys")
+        db.execute("DROP TABLE device_reports")
+        db.execute("ALTER TABLE audit DROP COLUMN actor")
         db.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
     upgraded = Store.open(path, key)
     try:
         assert [p.name for p in upgraded.people(SERIAL)] == ["Alice Example"]
         upgraded.set_device_key(SERIAL, os.urandom(32))
+        upgraded.record_audit(action="rotate_key", serial=SERIAL, actor="alice")
+        assert upgraded.audit(limit=1)[0].actor == "alice"
+        upgraded.record_report(SERIAL, "push-1", now=5.0)
+        assert upgraded.last_report(SERIAL) == (5.0, "push-1")
     finally:
         upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (2,)
-        db.execute("UPDATE meta SET value = 3 WHERE name = 'schema'")
-    with pytest.raises(FaceIdError, match="has schema 3, this connector reads schema 2"):
+        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (3,)
+        db.execute("UPDATE meta SET value = 4 WHERE name = 'schema'")
+    with pytest.raises(FaceIdError, match="has schema 4, this connector reads schema 3"):
         Store.open(path, key)
 
 

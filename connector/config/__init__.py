@@ -2,11 +2,14 @@
 
 schema.py declares every field once (type, default, bounds, meaning) in the frozen dataclasses
 the rest of the connector reads; loading.py reads and checks a file by those declarations, naming
-every bad field in one message; edits.py holds the administrator's edits (add or remove a device).
+every bad field in one message; checks.py lists every problem of a file, its secrets included
+(`admin check-config`, and the service before it takes a changed file); edits.py holds the
+administrator's edits (add or remove a device).
 README's table of fields is printed by `python -m connector config-reference`.
 """
 
 from ..device import TlsPolicy
+from .checks import Checked, check, problems
 from .edits import add_device, remove_device
 from .loading import CONFIG_ENV, config_path, load_config
 from .schema import (
@@ -16,6 +19,7 @@ from .schema import (
     FunctionConfig,
     LogConfig,
     PolicyConfig,
+    ProvisioningConfig,
     ServerConfig,
     StoreConfig,
     WebexConfig,
@@ -25,20 +29,24 @@ from .schema import (
 
 __all__ = [
     "CONFIG_ENV",
+    "Checked",
     "ConnectorConfig",
     "DeviceConfig",
     "DeviceDefaults",
     "FunctionConfig",
     "LogConfig",
     "PolicyConfig",
+    "ProvisioningConfig",
     "ServerConfig",
     "StoreConfig",
     "TlsPolicy",
     "WebexConfig",
     "add_device",
+    "check",
     "config_path",
     "decode_store_key",
     "load_config",
+    "problems",
     "reference",
     "remove_device",
 ]

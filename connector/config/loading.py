@@ -34,6 +34,7 @@ from .schema import (
     FunctionConfig,
     LogConfig,
     PolicyConfig,
+    ProvisioningConfig,
     ServerConfig,
     Setting,
     StoreConfig,
@@ -54,7 +55,7 @@ def config_path(cli_value: str | None) -> str:
 
 
 class _Bad(Exception):
-    """A validation failure; load_config prefixes it with the file name."""
+    """A field's validation failure, noted as a problem of the file (_noted)."""
 
 
 _Getter = TypeVar("_Getter", bound=Callable[..., Any])
@@ -376,17 +377,24 @@ def _webex(t: _Table) -> WebexConfig:
     return WebexConfig(**values)
 
 
+def _provisioning(t: _Table) -> ProvisioningConfig:
+    config = ProvisioningConfig(**_fields(t, settings(ProvisioningConfig)))
+    t.done()
+    return config
+
+
 def _log(t: _Table) -> LogConfig:
     config = LogConfig(**_fields(t, settings(LogConfig)))
     t.done()
     return config
 
 
-def _parse(text: str, path: str) -> ConnectorConfig:
+def _parse(text: str, path: str) -> tuple[ConnectorConfig | None, list[str]]:
+    """The configuration and every problem noted while reading it (meaningless if any)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise _Bad(f"not valid TOML: {exc}") from None
+        return None, [f"not valid TOML: {exc}"]
     base_dir = Path(path).resolve().parent
     root = _Table(data, "", base_dir, [])
     required = {s.name for s in SECTIONS if s.required}
@@ -415,6 +423,7 @@ def _parse(text: str, path: str) -> ConnectorConfig:
         device_defaults=defaults,
         devices=devices,
         webex=webex,
+        provisioning=_provisioning(section("provisioning")),
         log=_log(section("log")),
     )
     for unknown in sorted(set(data) - root.seen):
@@ -423,12 +432,7 @@ def _parse(text: str, path: str) -> ConnectorConfig:
         for i, device in enumerate(config.devices):
             if device.webex_room_id is not None:
                 root.problem(f"devices[{i}].webex_room_id is set but there is no [webex] section")
-    problems = root.problems
-    if len(problems) > 1:
-        raise _Bad(f"{len(problems)} problems: " + "; ".join(problems))
-    if problems:
-        raise _Bad(problems[0])
-    return config
+    return config, root.problems
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
@@ -442,13 +446,20 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise config_error(f"configuration file {path} could not be read ({exc})") from None
 
 
+def parse_all(text: str, path: str | os.PathLike[str]) -> tuple[ConnectorConfig | None, list[str]]:
+    """`text` as the file at `path` (its folder anchors relative paths): the configuration, or
+    None and every problem of it, each naming its field."""
+    config, problems = _parse(text, os.fspath(path))
+    return (None, problems) if problems else (config, [])
+
+
 def parse(text: str, path: str | os.PathLike[str]) -> ConnectorConfig:
-    """`text` as the file at `path` (its folder anchors relative paths); config_error naming the
-    file and every bad field."""
-    try:
-        return _parse(text, os.fspath(path))
-    except _Bad as exc:
-        raise config_error(f"{os.fspath(path)}: {exc}") from None
+    """`text` as the file at `path`; config_error naming the file and every bad field."""
+    config, problems = parse_all(text, path)
+    if config is None:
+        summary = f"{len(problems)} problems: " + "; ".join(problems)
+        raise config_error(f"{os.fspath(path)}: {problems[0] if len(problems) == 1 else summary}")
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> ConnectorConfig:

@@ -125,7 +125,7 @@ def secret(default: str | None, meaning: str, *, default_from: str | None = None
     return _declare(Setting("secret", default, meaning, default_from=default_from))
 
 
-def https_url(default: str, meaning: str) -> Any:
+def https_url(default: str | None, meaning: str) -> Any:
     return _declare(Setting("url", default, meaning))
 
 
@@ -311,6 +311,25 @@ class WebexConfig:
 
 
 @dataclass(frozen=True)
+class ProvisioningConfig:
+    """What `admin provision` writes into each device's macro and trust store."""
+
+    connector_url: str | None = https_url(
+        None, "the URL devices reach this connector at (the macro's `connectorUrl`)"
+    )
+    ca_cert: str | None = file_path(
+        None, "PEM the devices must trust for that URL; none = `server.tls_cert`"
+    )
+    macro: str | None = file_path(None, "the macro pushed; none = the `macro/faceid.js` shipped")
+    relock_idle_s: int = integer(
+        600, "the macro locks again after this long untouched", low=10, high=86400
+    )
+    report_wait_s: int = integer(
+        45, "how long provision waits for the pushed macro to report in", low=5, high=600
+    )
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: LogLevel = choice(
         "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`", LOG_LEVELS, upper=True
@@ -341,6 +360,7 @@ SECTIONS = (
     Section("device_defaults", DeviceDefaults),
     Section("devices", DeviceConfig, array=True),
     Section("webex", WebexConfig, optional=True),
+    Section("provisioning", ProvisioningConfig),
     Section("log", LogConfig),
 )
 
@@ -355,6 +375,7 @@ class ConnectorConfig:
     device_defaults: DeviceDefaults
     devices: tuple[DeviceConfig, ...]
     webex: WebexConfig | None
+    provisioning: ProvisioningConfig
     log: LogConfig
 
     def device(self, serial: str) -> DeviceConfig | None:

@@ -1,5 +1,6 @@
 """A stand-in for the comparison function over HTTP: records every request, answers what the
-test scripts (a match by default), so the connector's client meets real sockets and bytes."""
+test scripts (a match by default, and ready to GET /ready), so the connector's client meets real
+sockets and bytes."""
 
 from __future__ import annotations
 
@@ -38,16 +39,32 @@ def match_answer(matched: str = "r1", **extra: Any) -> dict[str, Any]:
     }
 
 
+def ready_answer(engine: str = "local") -> Reply:
+    """GET /ready of a function that can serve (docs/api.md §1)."""
+    return json_reply({"status": "ready", "engine": engine})
+
+
+def failing_answer(reason: str, code: str = "config_error") -> Reply:
+    """GET /ready of a function that cannot: the error each request would get, as a 503."""
+    return json_reply({"status": "failing", "code": code, "reason": reason}, 503)
+
+
+def default_reply(path: str, headers: dict[str, str], body: Any) -> Reply:
+    """Ready on GET .../ready (`body` None), a match to anything else."""
+    return (
+        ready_answer() if body is None and path.endswith("/ready") else json_reply(match_answer())
+    )
+
+
 class FakeFunction(LoopbackServer):
-    """Records every request; `reply(path, headers, body)` decides the answer."""
+    """Records every request; `reply(path, headers, body)` decides the answer (`body` is the
+    parsed JSON of a POST, None for a GET)."""
 
     quiet_errors = True  # clients that give up reset their connections (the timeout tests)
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], Any]] = []
-        self.reply: Callable[[str, dict[str, str], Any], Reply] = lambda *_: json_reply(
-            match_answer()
-        )
+        self.reply: Callable[[str, dict[str, str], Any], Reply] = default_reply
         self._lock = threading.Lock()
         super().__init__()
 
@@ -60,10 +77,15 @@ class FakeFunction(LoopbackServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                self._answer(None)
+
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(json.loads(raw))
+
+            def _answer(self, body: Any) -> None:
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                body = json.loads(raw)
                 with fake._lock:
                     fake.seen.append((self.path, headers, body))
                 status, reply_headers, data = fake.reply(self.path, headers, body)

@@ -1,4 +1,6 @@
-"""One JSON object per stdout line: the shape Cloud Run parses as a structured log entry.
+"""One JSON object per stdout line: the shape Cloud Run parses as a structured log entry. A
+command-line tool whose stdout holds its results (a script reads them) logs to stderr instead
+(`logs_to_stderr`).
 
 Built on the standard `logging` module, so that what the libraries log joins the same stream: the
 handler sits on the root logger, where urllib3's, google-auth's and (the connector's) gunicorn's
@@ -83,36 +85,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
-class StdoutHandler(logging.Handler):
-    """Writes to whatever sys.stdout is when the record comes (tests swap it), flushed at once."""
+class StdStreamHandler(logging.Handler):
+    """Writes to whatever sys.stdout (or sys.stderr: `to_stderr`) is when the record comes (tests
+    swap them), flushed at once."""
+
+    to_stderr = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            stream = sys.stderr if self.to_stderr else sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
         except Exception:
             self.handleError(record)
 
 
-def _install() -> logging.Logger:
+def _install() -> StdStreamHandler:
     """The one handler, on the root logger (libraries), on ours and on "google", which do not
     propagate: a handler someone else puts on the root (functions-framework's) never doubles
     them, and Google's API clients leave a "google" logger with a handler as it is (they cut an
     unconfigured one off from the root: google.api_core.client_logging)."""
-    handler = StdoutHandler()
+    handler = StdStreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.getLogger().addHandler(handler)
     for name in (LOGGER, "google"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
-    ours = logging.getLogger(LOGGER)
-    ours.setLevel(logging.DEBUG)
-    return ours
+    logging.getLogger(LOGGER).setLevel(logging.DEBUG)
+    return handler
 
 
-_logger = _install()
+_handler = _install()
+_logger = logging.getLogger(LOGGER)
+
+
+@contextmanager
+def logs_to_stderr() -> Iterator[None]:
+    """Inside, every line goes to stderr: a command's stdout then holds only its results, which
+    a script may parse (`--json`). The service keeps stdout, where Cloud Run reads its log."""
+    before, _handler.to_stderr = _handler.to_stderr, True
+    try:
+        yield
+    finally:
+        _handler.to_stderr = before
 
 
 def set_level(severity: str) -> None:

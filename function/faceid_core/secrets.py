@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,9 @@ from .errors import FaceIdError, config_error, upstream_timeout
 SECRET_VERSION_RE = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
 # What an HTTP header value can carry; anything else would fail later with a less clear error.
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,512}$")
+#: How long a failed read is answered again without asking again: however often /ready is probed
+#: or requests arrive, a broken secret costs one Secret Manager read per this many seconds.
+FAILED_READ_KEPT_S = 5.0
 
 _clients_lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -90,12 +94,17 @@ class _Flight:
 class CachedSecret:
     """A value fetched once per process. Threads that ask while a fetch runs wait for it and
     share its outcome, failure included, so a burst of requests costs one read; a failure is
-    not cached. drop() forgets the value so a rotated secret is read again."""
+    answered again for FAILED_READ_KEPT_S, then the next caller reads again (a repaired secret
+    is taken). drop() forgets the value so a rotated secret is read again."""
 
-    def __init__(self, fetch: Callable[[float], str]) -> None:
+    def __init__(
+        self, fetch: Callable[[float], str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._fetch = fetch
+        self.clock = clock
         self._value: str | None = None
         self._flight: _Flight | None = None
+        self._failed: tuple[FaceIdError, float] | None = None  # the error, until when
         self._lock = threading.Lock()
 
     def get(self, timeout: float) -> str:
@@ -106,6 +115,8 @@ class CachedSecret:
         with self._lock:
             if self._value is not None:
                 return self._value
+            if self._failed is not None and self.clock() < self._failed[1]:
+                raise self._failed[0].fresh()
             flight, leader = self._flight, self._flight is None
             if flight is None:
                 flight = self._flight = _Flight()
@@ -119,6 +130,8 @@ class CachedSecret:
             finally:
                 with self._lock:
                     self._value, self._flight = flight.value, None
+                    kept = self.clock() + FAILED_READ_KEPT_S
+                    self._failed = None if flight.error is None else (flight.error, kept)
                 flight.done.set()
         elif not flight.done.wait(max(0.0, timeout)):
             raise upstream_timeout("Reading the API key did not finish in time")

@@ -1,4 +1,5 @@
-"""The HTTP contract (docs/api.md): routing, input checks, error mapping and one log line a call."""
+"""The HTTP contract (docs/api.md): routing, input checks, error mapping and one log line a call;
+a ready answer's line is DEBUG, as the connector's health check asks every 30 s."""
 
 from __future__ import annotations
 
@@ -38,7 +39,14 @@ STATUS = {
     "comparison_incomplete": 502,
     "upstream_timeout": 504,
 }
-ROUTES = {"/": "verify", "/verify": "verify", "/inspect": "inspect"}
+# "/ready", not "/healthz": Cloud Run reserves some paths ending in "z" (its known issues page),
+# which then never reach the function.
+ROUTES = {"/": "verify", "/verify": "verify", "/inspect": "inspect", "/ready": "ready"}
+#: The one method each action takes (the 405's Allow header).
+METHODS = {"verify": "POST", "inspect": "POST", "ready": "GET"}
+#: The readiness check's budget (reading a secret at most): under the connector's 3 s wait for
+#: the answer (connector/relay.py PING_TIMEOUT_S), so a slow read still comes back with its reason.
+READY_BUDGET_S = 2.0
 READ_CHUNK = 256 * 1024
 _checks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pixels")
 
@@ -58,13 +66,14 @@ def status_of(error: FaceIdError) -> int:
     return STATUS.get(error.code, 500)
 
 
-def error_response(error: FaceIdError) -> flask.Response:
-    """The JSON error body with its status, and the headers that status calls for."""
+def error_response(error: FaceIdError, allow: str = "POST") -> flask.Response:
+    """The JSON error body with its status, and the headers that status calls for (`allow`: the
+    method of the path, for a 405)."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     if error.code == "method_not_allowed":
-        headers["Allow"] = "POST"
+        headers["Allow"] = allow
     return _json_response(error.to_json(), status_of(error), headers)
 
 
@@ -135,6 +144,11 @@ def _references(body: dict[str, Any], settings: Settings) -> list[Reference]:
     return parsed
 
 
+def _elapsed_ms(started: float) -> float:
+    """Milliseconds since `started` (a perf_counter reading), as every log line gives them."""
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
 @contextmanager
 def _engine_time(fields: dict[str, Any]) -> Iterator[None]:
     """Log how long the engine took, so `elapsed_ms - engine_ms` is what this layer adds."""
@@ -142,7 +156,7 @@ def _engine_time(fields: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        fields["engine_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        fields["engine_ms"] = _elapsed_ms(started)
 
 
 def _verify(
@@ -187,6 +201,35 @@ def _inspect(
     }
 
 
+def _ready(started: float, fields: dict[str, Any]) -> flask.Response:
+    """200 when a request could be served now: the settings load, the engine is built and says
+    it is ready (no image, no call to MXFace); else 503 with the error any request would get."""
+    problem: FaceIdError
+    try:
+        settings = load_settings()
+        fields["engine"] = settings.engine
+        engine = get_engine(settings)
+        engine.ready(Deadline(min(settings.upstream_timeout_s, READY_BUDGET_S)))
+    except FaceIdError as error:
+        problem = error
+    except Exception as exc:  # a bug: not ready either, and named only by its type
+        fields["error_type"] = type(exc).__name__
+        problem = internal_error("The readiness check failed unexpectedly")
+    else:
+        log("DEBUG", "ready", status=200, elapsed_ms=_elapsed_ms(started), **fields)
+        return _json_response({"status": "ready", "engine": engine.name}, 200)
+    log(
+        "ERROR",
+        f"not ready: {problem.message}",
+        status=503,
+        code=problem.code,
+        elapsed_ms=_elapsed_ms(started),
+        **fields,
+    )
+    body = {"status": "failing", "code": problem.code, "reason": problem.message}
+    return _json_response(body, 503)
+
+
 def handle(request: flask.Request) -> flask.Response:
     """Answer one request; every failure becomes a JSON error, never a traceback or a match.
     Every line logged meanwhile carries the caller's trace (X-Cloud-Trace-Context)."""
@@ -200,15 +243,18 @@ def _handle(request: flask.Request) -> flask.Response:
     fields: dict[str, Any] = {"action": action, "path": request.path[:100]}
     try:
         if action is None:
-            raise InputError("not_found", "Unknown path; use POST / or POST /inspect")
-        if request.method != "POST":
-            raise InputError("method_not_allowed", "Use POST with a JSON body")
+            raise InputError("not_found", "Unknown path; use POST /, POST /inspect or GET /ready")
+        if request.method != METHODS[action]:
+            use = "Use GET" if action == "ready" else "Use POST with a JSON body"
+            raise InputError("method_not_allowed", use)
+        if action == "ready":
+            return _ready(started, fields)
         settings = load_settings()
         fields["engine"] = settings.engine
         body = read_json_body(request, settings.max_request_bytes)
         engine = get_engine(settings)
         answer = (_verify if action == "verify" else _inspect)(body, settings, engine, fields)
-        elapsed = round((time.perf_counter() - started) * 1000, 1)
+        elapsed = _elapsed_ms(started)
         if action == "verify":
             answer["elapsed_ms"] = elapsed
             fields.update(verdict=answer["verdict"], score=answer["score"])
@@ -218,7 +264,7 @@ def _handle(request: flask.Request) -> flask.Response:
         return _json_response(answer, 200)
     except FaceIdError as error:
         _log_refusal(error, action, started, fields)
-        return error_response(error)
+        return error_response(error, METHODS.get(action or "", "POST"))
     except Exception as exc:  # a bug must still fail closed, without leaking details
         log("ERROR", "unexpected failure", error_type=type(exc).__name__, **fields)
         return error_response(internal_error("The face service failed unexpectedly"))
@@ -233,7 +279,7 @@ def _log_refusal(error: FaceIdError, action: str | None, started: float, fields:
         status=status,
         code=error.code,
         verdict="error",
-        elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        elapsed_ms=_elapsed_ms(started),
         **error.details,
         **fields,
     )

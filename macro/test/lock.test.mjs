@@ -106,9 +106,9 @@ test('a restart with the unedited settings stays locked and says it is not set u
   assert.equal(fake.lastAlert(), fresh.MESSAGES.notConfigured);
 });
 
-test('start tells the connector the device is locked', async (t) => {
+test('start tells the connector the device is locked, then reports in', async (t) => {
   const { connector } = await boot(t);
-  assert.deepEqual(connector.calls.map((call) => call.path), ['/v1/lock']);
+  assert.deepEqual(connector.calls.map((call) => call.path), ['/v1/lock', '/v1/status']);
 });
 
 test('turning HideAll or the settings menu back on while locked is undone', async (t) => {

@@ -52,8 +52,9 @@ test('a login over real HTTP unlocks with an answer signed by Node crypto', asyn
   await loginOverNetwork();
   assert.deepEqual(lockState(), UNLOCKED);
   assert.equal(fake.lastAlert(), 'Welcome, Alice Example');
-  assert.deepEqual(connector.calls.map((call) => call.path), ['/v1/lock', '/v1/verify']);
-  assert.ok(connector.calls.every((call) => call.authenticated), 'Node crypto checked both');
+  assert.deepEqual(connector.calls.map((call) => call.path),
+    ['/v1/lock', '/v1/status', '/v1/verify']);
+  assert.ok(connector.calls.every((call) => call.authenticated), 'Node crypto checked each');
 });
 
 test('an http:// connector is refused without allowPlainHttp: no request leaves', async (t) => {

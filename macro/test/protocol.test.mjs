@@ -92,7 +92,7 @@ test('the double recomputes every request signature with Node crypto, endpoint b
     tap(PANELS.logout.id);
     await settle();
     assert.deepEqual(connector.calls.map((call) => call.path),
-      ['/v1/lock', '/v1/verify', '/v1/enroll', '/v1/lock']);
+      ['/v1/lock', '/v1/status', '/v1/verify', '/v1/enroll', '/v1/lock']);
     for (const call of connector.calls) {
       assert.ok(call.authenticated, call.path);
       assert.match(call.body, /^[\x20-\x7e]+$/, call.path);
@@ -102,7 +102,7 @@ test('the double recomputes every request signature with Node crypto, endpoint b
       });
       assert.equal(call.auth.signature, recomputed, call.path);
     }
-    assert.equal(JSON.parse(connector.calls[2].body).person, 'Zoë Ødegård');
+    assert.equal(JSON.parse(connector.calls[3].body).person, 'Zoë Ødegård');
   });
 
 test('a status request is signed over its path with the query string', () => {

@@ -18,7 +18,7 @@ test('logout locks the screen and tells the connector', async (t) => {
   await settle();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.locked);
-  assert.deepEqual(paths(connector), ['/v1/lock', '/v1/verify', '/v1/lock']);
+  assert.deepEqual(paths(connector), ['/v1/lock', '/v1/status', '/v1/verify', '/v1/lock']);
   assert.equal(connector.unlocked, false);
 });
 
@@ -102,7 +102,7 @@ test('a match arriving after standby began is void, and the connector hears so',
   await settle();
   await advance(t, 5000);
   assert.deepEqual(lockState(), LOCKED);
-  assert.deepEqual(paths(connector), ['/v1/lock', '/v1/verify', '/v1/lock']);
+  assert.deepEqual(paths(connector), ['/v1/lock', '/v1/status', '/v1/verify', '/v1/lock']);
   assert.equal(connector.unlocked, false);
 });
 

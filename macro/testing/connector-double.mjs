@@ -87,6 +87,8 @@ export class ConnectorDouble {
     this.calls = [];
     this.seenNonces = new Set();
     this.unlocked = false;
+    /** Every authenticated POST /v1/status: {serial, push}, as the macro reported in. */
+    this.reports = [];
   }
 
   /** The key as the macro's SETTINGS.deviceKey holds it. */
@@ -119,8 +121,7 @@ export class ConnectorDouble {
       if (new URLSearchParams(query).get('serial') !== auth.serial) {
         return errorReply(401, 'unauthorized', 'Unknown device or bad request signature');
       }
-      return this.signed({ enrolled_people: 1, unlocked: this.unlocked, locked_out_for_s: 0 },
-        request, auth.nonce);
+      return this.signed(this.status(), request, auth.nonce);
     }
     let body;
     try {
@@ -154,7 +155,16 @@ export class ConnectorDouble {
       this.unlocked = false;
       return { unlocked: false };
     }
+    if (path === '/v1/status') {
+      this.reports.push({ serial: body.serial, push: body.push });
+      return this.status();
+    }
     return null;
+  }
+
+  /** What GET /v1/status answers, and POST /v1/status (a macro reporting in) too. */
+  status() {
+    return { enrolled_people: 1, unlocked: this.unlocked, locked_out_for_s: 0 };
   }
 
   verify(nonce) {

@@ -4,18 +4,26 @@
  */
 import './register-xapi.mjs';
 import { randomBytes } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
 import xapi, { fake } from './fake-xapi.mjs';
 import { ConnectorDouble } from './connector-double.mjs';
+import { MACRO_MARK } from './xapi-hook.mjs';
 
 export { fake, xapi };
 
-const MACRO_URL = new URL('../faceid.js', import.meta.url).href;
+export const MACRO_FILE = new URL('../faceid.js', import.meta.url);
 export const NOW_MS = Date.UTC(2026, 0, 15, 9, 0, 0);
 export const SERIAL = 'FOC1234X5YZ';
 
-/** The macro module; a new `instance` tag gives a fresh copy, as a runtime restart does. */
-export function importMacro(instance = '') {
-  return import(instance ? `${MACRO_URL}?instance=${instance}` : MACRO_URL);
+/**
+ * The macro module; a new `instance` tag gives a fresh copy, as a runtime restart does. `file`
+ * (a path or file URL) loads another copy, e.g. one as `admin provision` pushed it; wherever it
+ * lies, its `import xapi from 'xapi'` gets the fake device (register-xapi.mjs).
+ */
+export function importMacro(instance = '', file = MACRO_FILE) {
+  const url = file instanceof URL ? new URL(file.href) : pathToFileURL(file);
+  url.search = new URLSearchParams({ [MACRO_MARK]: instance }).toString();
+  return import(url.href);
 }
 
 /** A device key: 32 random bytes (SETTINGS.deviceKey is their base64url). */
@@ -38,7 +46,8 @@ export async function advance(t, ms, step = 1000) {
 
 /**
  * Factory-reset the fake device, switch HttpClient on, start the macro with a connector double.
- * options: {settings, fakeTimers = true, prepare(fake)} — prepare runs before the macro starts.
+ * options: {settings, fakeTimers = true, prepare(fake, connector)}; prepare runs before the
+ * macro starts.
  */
 export async function boot(t, { settings = {}, fakeTimers = true, prepare } = {}) {
   const macro = await importMacro();
@@ -52,7 +61,7 @@ export async function boot(t, { settings = {}, fakeTimers = true, prepare } = {}
   const key = makeKey();
   const connector = new ConnectorDouble({ key, serial: SERIAL });
   fake.http.route((request) => connector.handle(request));
-  if (prepare) await prepare(fake);
+  if (prepare) await prepare(fake, connector);
   await macro.start({
     connectorUrl: 'https://connector.test:8443', deviceKey: connector.deviceKey, ...settings,
   });

@@ -1,4 +1,4 @@
-"""The engine interface: every engine answers the same two questions with the same types."""
+"""The engine interface: every engine answers the same questions with the same types."""
 
 from __future__ import annotations
 
@@ -82,3 +82,8 @@ class Engine(Protocol):
     ) -> Comparison: ...
 
     def inspect(self, image: EncodedImage, deadline: Deadline) -> list[Face]: ...
+
+    def ready(self, deadline: Deadline) -> None:
+        """Raise the error every request would meet now (a key that cannot be read, say), found
+        without sending an image anywhere or running a model: the readiness probe's question."""
+        ...

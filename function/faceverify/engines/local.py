@@ -191,6 +191,10 @@ class LocalEngine:
     def default_threshold(self) -> float:
         return self.settings.local_match_threshold
 
+    def ready(self, deadline: Deadline) -> None:
+        """Always ready once built: the models were checked against their SHA-256 and loaded
+        then, and nothing they need can go missing later."""
+
     # -- pixels and faces ---------------------------------------------------------------
     def _view(self, image: EncodedImage, side: int, field: str) -> _View:
         """Decoded as seen at the cheapest scale at least `side` long: the detector gets a

@@ -119,6 +119,12 @@ class MXFaceEngine:
     def default_threshold(self) -> float:
         return self.settings.mxface_min_confidence
 
+    def ready(self, deadline: Deadline) -> None:
+        """Ready when the API key can be had, exactly as a comparison gets it (MXFACE_KEY, or
+        MXFACE_KEY_SECRET read once and cached). MXFace itself is not asked: every call counts
+        against the quota, and a key it refuses shows on the next comparison (config_error)."""
+        self.key.get(deadline.require())
+
     # -- one HTTP exchange with retries -------------------------------------------------
     def _post(self, url: str, payload: dict[str, str], deadline: Deadline) -> Any:
         """POST with bounded retries on 429/5xx/connection errors, all inside `deadline`."""
