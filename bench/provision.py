@@ -7,8 +7,9 @@ Measured:
   `provision` audit entry and the one before: they run one after another; the first device also
   pays the CLI's start-up, so it is shown on its own); the wait for the pushed macro's report
   (its "reported in (X s)"), and the part of that wait after the report had arrived (the command
-  looks every 0.5 s). Each device's simulated macro runtime (devkit/pushed_macro.py) looks at its
-  device every 0.1 s over a kept-alive connection and reports in as soon as the runtime restarts.
+  looks every REPORT_POLL_S). Each device's simulated macro runtime (devkit/pushed_macro.py) looks
+  at its device every 0.1 s over a kept-alive connection and reports in as soon as the runtime
+  restarts.
 - The same command again: nothing to change but the macro.
 - `admin add-device` of a new in-process device (certificate, sign-in, status, option key,
   snapshot, face detection, then the write; removed again after each run, untimed), `admin
@@ -43,12 +44,12 @@ import requests
 
 from connector.config import add_device
 from connector.device import TlsPolicy
+from connector.provisioning import REPORT_POLL_S
 from connector.reload import SETTLE_S, WATCH_EVERY_S
 from devkit.connector_e2e import open_store
 from devkit.figures import percentile
-from devkit.macro_client import send
 from devkit.photos import camera_snapshot
-from devkit.pushed_macro import device_key, reporting_runtime
+from devkit.pushed_macro import reporter, reporting_runtime
 from devkit.simulator import DeviceSimulator
 from devkit.stack import SimDevice, Stack, connector_records, start_stack, warm_up
 
@@ -78,18 +79,7 @@ def start_runtime(runtimes: ExitStack, stack: Stack, device: SimDevice) -> threa
         ready.set()
         return dict(answer.json())
 
-    def report(settings: dict[str, Any]) -> None:
-        answer = send(
-            stack.connector_url,
-            "/v1/status",
-            device_key(settings),
-            device.serial,
-            {"serial": device.serial, "push": settings["pushId"]},
-            verify=str(stack.ca_path),
-        )
-        if answer.status_code != 200:
-            raise RuntimeError(f"{device.serial}: the report was refused: {answer.text[:300]}")
-
+    report = reporter(stack.connector_url, str(stack.ca_path), device.serial)
     runtimes.enter_context(reporting_runtime(read_macros, report, poll_s=RUNTIME_POLL_S))
     return ready
 
@@ -265,7 +255,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         "1st dev: CLI start-up + the first device; per device: the others; report wait: part of "
         "each device's time (share: of the total),\nof which 'after report' passed once the "
-        "report was in (the command looks every 0.5 s)."
+        f"report was in (the command looks every {REPORT_POLL_S:g} s)."
     )
     print()
     print(f"{'command':<36} {'runs':>4} {'p50 s':>7} {'max s':>7}")

@@ -43,7 +43,7 @@ SETTINGS_LINE = re.compile(
 )
 #: What a device must have for the macro to run and reach the connector.
 REQUIRED_CONFIGURATION = {"Macros Mode": "On", "Macros AutoStart": "On", "HttpClient Mode": "On"}
-REPORT_POLL_S = 0.5
+REPORT_POLL_S = 0.1  # a store read: the report is seen within this of its arrival
 ALREADY_TRUSTED = re.compile(r"already|exists", re.IGNORECASE)
 PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----"

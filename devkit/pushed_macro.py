@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from connector.provisioning import SETTINGS_LINE
+from devkit.macro_client import send
 
 
 def pushed_settings(source: str) -> dict[str, Any]:
@@ -25,6 +26,25 @@ def pushed_settings(source: str) -> dict[str, Any]:
 def device_key(settings: dict[str, Any]) -> bytes:
     """The 32-byte key of SETTINGS.deviceKey (base64url without padding)."""
     return base64.urlsafe_b64decode(str(settings["deviceKey"]) + "=")
+
+
+def reporter(connector_url: str, ca_path: str, serial: str) -> Callable[[dict[str, Any]], None]:
+    """What the pushed macro does once it has started: report in to the connector with a signed
+    POST /v1/status, with the key and push id provisioning wrote into it; raises if refused."""
+
+    def report(settings: dict[str, Any]) -> None:
+        answer = send(
+            connector_url,
+            "/v1/status",
+            device_key(settings),
+            serial,
+            {"serial": serial, "push": settings["pushId"]},
+            verify=ca_path,
+        )
+        if answer.status_code != 200:
+            raise RuntimeError(f"{serial}: the report was refused: {answer.text[:300]}")
+
+    return report
 
 
 @contextmanager

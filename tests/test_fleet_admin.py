@@ -17,8 +17,8 @@ import pytest
 from connector.config import add_device, load_config
 from connector.device import TlsPolicy
 from devkit.connector_e2e import open_store, sim_stats, verify
-from devkit.macro_client import key_text, send
-from devkit.pushed_macro import device_key, reporting_runtime
+from devkit.macro_client import key_text
+from devkit.pushed_macro import device_key, reporter, reporting_runtime
 from devkit.simulator import DeviceSimulator
 from devkit.stack import SimDevice, Stack, connector_records
 from tests.support.admin_commands import admin_ok
@@ -71,18 +71,7 @@ def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> bool:
 def reporting(admin_stack: Stack, device: SimDevice):
     """The device's macro runtime: the pushed macro reports in to the running connector, signed
     with the key provisioning wrote into it."""
-
-    def report(settings) -> None:
-        answer = send(
-            admin_stack.connector_url,
-            "/v1/status",
-            device_key(settings),
-            device.serial,
-            {"serial": device.serial, "push": settings["pushId"]},
-            verify=str(admin_stack.ca_path),
-        )
-        assert answer.status_code == 200, answer.text
-
+    report = reporter(admin_stack.connector_url, str(admin_stack.ca_path), device.serial)
     return reporting_runtime(device.macros, report)
 
 
