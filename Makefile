@@ -10,8 +10,12 @@ INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
 .PHONY: test test-fast demo demo-up demo-down lint typecheck pytest macro-test bench clean system-packages config-reference
-# Debian packages the connector runs with (HAProxy, its front); as root, or through sudo.
-SYSTEM_PACKAGES := haproxy
+# Debian packages the stack and its tests run with, each named as the command it installs:
+# HAProxy (the connector's front) and Chromium (the console's browser test drives it through
+# Playwright, which never downloads a browser of its own); as root, or through sudo.
+SYSTEM_PACKAGES := haproxy chromium
+# Playwright (requirements.txt) drives that chromium; none of its installers may fetch a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # `pip install -e .` gives what ships (connector, faceid_core); development also imports the
@@ -46,10 +50,11 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow"
 
 system-packages:
-	@command -v haproxy >/dev/null || { \
-	  echo "Installing $(SYSTEM_PACKAGES) from Debian's packages (the connector's front) ..."; \
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done)"; \
+	[ -z "$$missing" ] || { \
+	  echo "Installing" $$missing "from Debian's packages (first run: a few minutes) ..."; \
 	  $(SUDO) apt-get update && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

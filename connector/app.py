@@ -1,22 +1,33 @@
-"""The macro-facing HTTP API (docs/api.md §2): signed requests, input checks, signed answers."""
+"""The macro-facing HTTP API (docs/api.md §2): signed requests, input checks, signed answers.
+
+With [admin_ui], the administrators' console (connector/console/) is a second app behind the same
+socket: each request goes to the app of the listener the front marked it with, so the console's
+listener reaches no API route and the macros' listener no console page."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from faceid_core.errors import FaceIdError, InputError, bad_request, internal_error, too_large
 from faceid_core.logs import request_trace
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import NotFound
 
 from . import validation
+from .console import console_app
 from .enrollment import audit_enrollment, enroll, enroll_event
+from .front import CONSOLE_LISTENER, LISTENER_HEADER, client_address
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .protocol import ANSWER_TTL_S, SIGNATURE_HEADER, AuthError, answer_signature, unauthorized
 from .runtime import Device, Runtime
 from .verification import audit_fields, verify, verify_event
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 #: app.extensions key of what the server calls when the worker exits (drains the Webex queue).
 SHUTDOWN = "faceid.shutdown"
@@ -60,18 +71,55 @@ def _error(exc: FaceIdError) -> Response:
     return _json(exc.to_json(), status_of(exc), headers)
 
 
+#: The WSGI environ key of a request's reset token of `request_trace`.
+TRACE_RESET = "faceid.trace_reset"
+
+
+def _traced(app: Flask) -> Flask:
+    """Every request of `app` gets an id, and every line logged meanwhile names it."""
+
+    @app.before_request
+    def start() -> None:
+        g.request_id = uuid.uuid4().hex
+        g.started = time.perf_counter()
+        # Kept with the request, not in `g`: a request served inside another in the same thread
+        # (a test's) shares its app context, and so its `g`.
+        request.environ[TRACE_RESET] = request_trace.set(g.request_id)
+
+    @app.teardown_request
+    def end(_: BaseException | None) -> None:
+        token = request.environ.pop(TRACE_RESET, None)
+        if token is not None:
+            request_trace.reset(token)
+
+    return app
+
+
+#: The WSGI environ key of the header the front marks the console's requests with.
+LISTENER_KEY = "HTTP_" + LISTENER_HEADER.upper().replace("-", "_")
+
+
+def _by_listener(macros: WSGIApplication, console: Flask | None) -> WSGIApplication:
+    """Each request to the app of its listener: a console request to the console alone (404
+    when there is none), every other to the macro API alone."""
+    missing = NotFound()
+
+    def dispatch(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get(LISTENER_KEY) != CONSOLE_LISTENER:
+            return macros(environ, start_response)
+        return (console or missing)(environ, start_response)
+
+    return dispatch
+
+
 def create_app(rt: Runtime) -> Flask:
-    app = Flask("faceid-connector")
+    app = _traced(Flask("faceid-connector"))
     # One byte over: a chunked body (no Content-Length) is cut at this cap, and json_body must
     # still see that it went past the limit.
     app.config["MAX_CONTENT_LENGTH"] = rt.config.server.max_body_bytes + 1
 
     def source() -> str:
-        """The client's address. Over the private UNIX socket, where only the front (front.py)
-        can connect, it is the X-Forwarded-For that the front sets, never the client's own."""
-        if request.remote_addr:
-            return request.remote_addr
-        return request.headers.get("X-Forwarded-For") or "unknown"
+        return client_address(request.environ)
 
     def raw_body() -> bytes:
         """The exact bytes the signature covers, at most max_body_bytes (too_large beyond)."""
@@ -135,18 +183,6 @@ def create_app(rt: Runtime) -> Flask:
         body = json_object(raw)
         claimed(device, body.get("serial"))
         return device, body
-
-    @app.before_request
-    def start() -> None:
-        g.request_id = uuid.uuid4().hex
-        g.started = time.perf_counter()
-        g.trace_token = request_trace.set(g.request_id)  # every line logged meanwhile names it
-
-    @app.teardown_request
-    def end(_: BaseException | None) -> None:
-        token = g.pop("trace_token", None)
-        if token is not None:
-            request_trace.reset(token)
 
     @app.after_request
     def sign(response: Response) -> Response:
@@ -271,4 +307,7 @@ def create_app(rt: Runtime) -> Flask:
         return response
 
     app.extensions[SHUTDOWN] = rt.close
+    console = console_app(rt)
+    dispatch = _by_listener(app.wsgi_app, console and _traced(console))
+    app.wsgi_app = dispatch  # type: ignore[method-assign,assignment]
     return app

@@ -10,7 +10,7 @@ import time
 
 from .config import PolicyConfig
 from .ports import Clock
-from .store import Gate, LockoutState, Settlement, Store
+from .store import AuditEntry, Gate, LockoutState, Settlement, Store
 
 
 def lock_seconds(failures: int, policy: PolicyConfig) -> int:
@@ -38,6 +38,19 @@ class Lockout:
             return 0
         # A clock set back must not stretch a lockout beyond its longest length.
         return min(math.ceil(left), self._policy.lockout_max_s)
+
+    def end(self, serial: str, *, audit: AuditEntry | None = None) -> str:
+        """End the device's lockout and forget its failed attempts (`admin unlock-lockout`, the
+        console's "end lockout"), writing `audit` with it; returns what that changed, in words.
+        Either way the device may try again now."""
+        ended = self._store.clear_lockout(serial, audit=audit)
+        left = self.remaining(ended)
+        if left:
+            return f"Lockout of {serial} ended (it had {ended.failures} failures, {left} s left)."
+        if ended.failures:
+            forgotten = f"its {ended.failures} failed attempts are forgotten"
+            return f"{serial} was not locked out; {forgotten}."
+        return f"{serial} was not locked out."
 
     def begin(self, serial: str, lease_s: float) -> Gate:
         """May a verify run now? "go" holds the device for at most lease_s, reserving a failure."""

@@ -12,8 +12,8 @@ device's room changed, the devices' client when their time bounds changed, the l
 store, the metrics, the replay cache and the last matches stay. A replaced client is closed once
 no request can still be using it. One reload runs at a time.
 
-server.* and store.* are what HAProxy, gunicorn and the open store were started with: a change
-to them waits for the next restart, and each reload says so.
+server.*, admin_ui.* and store.* are what HAProxy, gunicorn, the console and the open store were
+started with: a change to them waits for the next restart, and each reload says so.
 
 A worker that gunicorn starts again (after a crash) serves with the file if it passes the checks
 and builds, else the last configuration taken (LastGood keeps it in memory the master and its
@@ -57,9 +57,10 @@ WATCH_EVERY_S = 2.0
 #: A changed file is read once it has stayed the same this long (an editor writing in place).
 SETTLE_S = 0.5
 REJECTED = "configuration rejected; the running configuration stays in force"
-#: Sections whose settings the running service takes (server and store wait for a restart).
+#: Sections whose settings the running service takes (server, admin_ui and store wait for a
+#: restart).
 LIVE_SECTIONS = ("function", "policy", "device_defaults", "webex", "provisioning", "log")
-RESTART_SECTIONS = ("server", "store")
+RESTART_SECTIONS = ("server", "admin_ui", "store")
 
 #: What tells a changed file: (mtime_ns, size, inode); None when it cannot be read.
 Stamp = tuple[int, int, int] | None
@@ -75,8 +76,8 @@ def stamp(path: str | os.PathLike[str]) -> Stamp:
 
 @dataclass(frozen=True)
 class Change:
-    """What a reload changed: devices by serial, sections by name, and the server.* and store.*
-    fields that differ from what runs (they take effect at the next restart)."""
+    """What a reload changed: devices by serial, sections by name, and the fields of the
+    RESTART_SECTIONS that differ from what runs (they take effect at the next restart)."""
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -90,15 +91,22 @@ class Change:
 
 
 def in_force(running: ConnectorConfig, new: ConnectorConfig) -> tuple[ConnectorConfig, list[str]]:
-    """`new` as the running service can take it: with the server and store it runs with, and the
-    fields of those two that `new` would change."""
-    pending = [
-        f"{section}.{f.name}"
-        for section in RESTART_SECTIONS
-        for f in dataclasses.fields(getattr(running, section))
-        if getattr(getattr(running, section), f.name) != getattr(getattr(new, section), f.name)
-    ]
-    return dataclasses.replace(new, server=running.server, store=running.store), pending
+    """`new` as the running service can take it: with the RESTART_SECTIONS it runs with, and the
+    fields of those that `new` would change (a whole optional section added or removed: its
+    name)."""
+    pending: list[str] = []
+    for section in RESTART_SECTIONS:
+        was, will = getattr(running, section), getattr(new, section)
+        if was is None or will is None:
+            pending += [section] if was != will else []
+            continue
+        pending += [
+            f"{section}.{f.name}"
+            for f in dataclasses.fields(was)
+            if getattr(was, f.name) != getattr(will, f.name)
+        ]
+    kept = {section: getattr(running, section) for section in RESTART_SECTIONS}
+    return dataclasses.replace(new, **kept), pending
 
 
 def _rooms(config: ConnectorConfig) -> tuple[Any, ...]:
@@ -249,8 +257,8 @@ def worker_runtime(
     """The runtime a (re)started worker serves with, and the stamp of the file as it looked:
     built from the file if it passes its checks, else from the last configuration taken, else
     from the one the service started with (in memory) — the first that builds, so a worker
-    restart stops the service only when none does. Always with the server and store the
-    service started with."""
+    restart stops the service only when none does. Always with the server, console and store
+    the service started with."""
     seen = stamp(path)  # before reading: a change made meanwhile is seen as one
     tried: list[ConnectorConfig] = []
     failure: FaceIdError | None = None

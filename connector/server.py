@@ -26,6 +26,7 @@ from gunicorn.arbiter import Arbiter
 
 from .app import SHUTDOWN
 from .config import ServerConfig
+from .config.schema import AdminUiConfig
 from .front import Front
 from .reload import RELOAD
 
@@ -105,7 +106,9 @@ def _post_worker_init(worker: Any) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
-def serve(factory: Callable[[], Flask], *, server: ServerConfig) -> None:
+def serve(
+    factory: Callable[[], Flask], *, server: ServerConfig, admin_ui: AdminUiConfig | None = None
+) -> None:
     """Run until stopped; exits with status 1 if the front dies under it."""
     front_failed = threading.Event()
 
@@ -113,7 +116,7 @@ def serve(factory: Callable[[], Flask], *, server: ServerConfig) -> None:
         front_failed.set()
         os.kill(os.getpid(), signal.SIGTERM)  # gunicorn stops gracefully
 
-    front = Front(server, front_exited)
+    front = Front(server, front_exited, admin_ui)
 
     def when_ready(_arbiter: Any) -> None:
         # The backend socket is bound (requests wait in its backlog until the worker is up).
@@ -129,7 +132,7 @@ def serve(factory: Callable[[], Flask], *, server: ServerConfig) -> None:
         "bind": front.backend_bind,
         "workers": 1,
         "worker_class": "gthread",
-        "threads": server.threads,
+        "threads": front.threads,  # server.threads, and admin_ui.threads for the console
         "timeout": 60,
         "graceful_timeout": 20,
         "keepalive": 30,

@@ -53,7 +53,7 @@ def run(config_path: str) -> None:
     )
     from .server import serve
 
-    serve(factory, server=server)
+    serve(factory, server=server, admin_ui=config.admin_ui)
 
 
 def _worker_app(path: str, started: ConnectorConfig, last_good: LastGood) -> Flask:

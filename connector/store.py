@@ -1,7 +1,8 @@
 """The connector's state in one SQLite file: device keys and enrolled people's reference photos
-(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions, and
-the device web sessions held open (their cookies AES-GCM encrypted, bound to the serial), so a
-crash leaves none unknown.
+(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions, the
+device web sessions held open (their cookies AES-GCM encrypted, bound to the serial), so a
+crash leaves none unknown, and the console's administrators (Argon2id hashes) and their sessions
+(only the SHA-256 of each cookie).
 
 WAL mode with synchronous=FULL: a committed enrollment survives a power cut, an interrupted one
 leaves nothing. Each thread gets its own connection, so reads on the verify path never wait for
@@ -35,10 +36,10 @@ from faceid_core.logs import log
 
 from .names import name_key
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Older schemas this connector upgrades in place (the new tables are created by SCHEMA, the
 #: new columns by ADDED_COLUMNS).
-UPGRADABLE_FROM = (1, 2)
+UPGRADABLE_FROM = (1, 2, 3)
 #: Columns added since schema 1: (table, column, type), added when missing.
 ADDED_COLUMNS = (("audit", "actor", "TEXT"),)
 KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
@@ -116,6 +117,19 @@ CREATE TABLE IF NOT EXISTS device_sessions (
     ciphertext BLOB NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admins (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    admin TEXT NOT NULL REFERENCES admins(name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_admin ON console_sessions (admin);
 """
 
 
@@ -132,6 +146,22 @@ class PersonInfo:
     references: int
     created: float
     last_enrolled: float
+
+
+@dataclass(frozen=True)
+class ReferenceInfo:
+    """A kept photo, without its image: what the console lists."""
+
+    id: int
+    created: float
+
+
+@dataclass(frozen=True)
+class AdminInfo:
+    """A console administrator, without the password hash."""
+
+    name: str
+    created: float
 
 
 @dataclass(frozen=True)
@@ -154,7 +184,9 @@ class AuditEntry:
     person: str | None = None
     score: float | None = None
     stages_ms: Mapping[str, float] | None = None
-    actor: str | None = None  # an administrator's command: the operating-system user who ran it
+    # An administrator's command: the operating-system user who ran it; a console action (or a
+    # login): the console administrator's name.
+    actor: str | None = None
     time: float | None = None  # set when written
     id: int | None = None  # set when read back
 
@@ -635,6 +667,68 @@ class Store:
         self.empty_wal(f"removing a person of {serial}")
         return removed > 0
 
+    def references(self, serial: str, person: str) -> list[ReferenceInfo]:
+        """The person's kept photos, newest first (none: no such person)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT r.id, r.created FROM reference_images r "
+                "JOIN people p ON p.id = r.person_id WHERE p.serial = ? AND p.name = ? "
+                "ORDER BY r.created DESC, r.id DESC",
+                (serial, person),
+            ).fetchall()
+        return [ReferenceInfo(int(ref_id), float(created)) for ref_id, created in rows]
+
+    def reference_image(self, serial: str, reference_id: int) -> tuple[str, bytes] | None:
+        """(person, decrypted image) of one photo of the device; None if it has no such photo.
+        A photo that fails its integrity check is an error, as in references_for."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT p.id, p.name, r.nonce, r.ciphertext FROM reference_images r "
+                "JOIN people p ON p.id = r.person_id WHERE p.serial = ? AND r.id = ?",
+                (serial, reference_id),
+            ).fetchone()
+        if row is None:
+            return None
+        person_id, name, nonce, ciphertext = row
+        try:
+            image = self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, reference_id))
+        except InvalidTag:
+            raise StoreError(
+                "internal_error",
+                f"Stored reference {reference_id} failed its integrity check: "
+                "the store was modified or damaged",
+            ) from None
+        return str(name), image
+
+    def remove_reference(
+        self, serial: str, reference_id: int, *, audit: AuditEntry | None = None
+    ) -> bool:
+        """Delete one photo; the person goes with their last one (their unlocked session too,
+        as in remove_person), else their next oldest photo becomes their anchor. `audit` is
+        written only if the device had such a photo."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT p.id, p.name FROM reference_images r JOIN people p "
+                "ON p.id = r.person_id WHERE p.serial = ? AND r.id = ?",
+                (serial, reference_id),
+            ).fetchone()
+            if row is None:
+                return False
+            person_id, person = row
+            conn.execute("DELETE FROM reference_images WHERE id = ?", (reference_id,))
+            left = conn.execute(
+                "SELECT count(*) FROM reference_images WHERE person_id = ?", (person_id,)
+            ).fetchone()[0]
+            if not left:
+                conn.execute("DELETE FROM people WHERE id = ?", (person_id,))
+                conn.execute(
+                    "DELETE FROM sessions WHERE serial = ? AND person = ?", (serial, person)
+                )
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+        self.empty_wal(f"removing a photo of {serial}")
+        return True
+
     def remove_device(self, serial: str, *, audit: AuditEntry | None = None) -> int:
         """Forget everything about a device but its audit history; returns people removed."""
         with self._write() as conn:
@@ -708,16 +802,48 @@ class Store:
 
     def audit(self, limit: int = 100, serial: str | None = None) -> list[AuditEntry]:
         """Newest first."""
+        return self.audit_page(serial=serial, limit=limit)
+
+    def audit_page(
+        self,
+        *,
+        serial: str | None = None,
+        person: str | None = None,
+        outcome: str | None = None,
+        code: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        device_only: bool = False,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first, each filter exact; since/until bound the time (until excluded);
+        before_id pages on (the id of the last entry of the page before); device_only keeps
+        the entries a device's own requests wrote (no administrator named)."""
+        equal = {
+            "serial": serial,
+            "person": person,
+            "outcome": outcome,
+            "code": code,
+            "action": action,
+        }
+        where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+        params: list[Any] = [value for value in equal.values() if value is not None]
+        for condition, value in (("time >= ?", since), ("time < ?", until), ("id < ?", before_id)):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        if device_only:
+            where.append("actor IS NULL")
         query = (
             "SELECT id, time, request_id, serial, action, outcome, code, person, score, stages_ms, "
             "actor FROM audit"
         )
-        params: tuple[Any, ...] = (limit,)
-        if serial is not None:
-            query += " WHERE serial = ?"
-            params = (serial, limit)
+        if where:
+            query += " WHERE " + " AND ".join(where)  # fixed column names, values as parameters
         with self._read() as conn:
-            rows = conn.execute(query + " ORDER BY id DESC LIMIT ?", params).fetchall()
+            rows = conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [
             AuditEntry(
                 id=row[0],
@@ -884,3 +1010,90 @@ class Store:
 
     def is_unlocked(self, serial: str, ttl_s: float, now: float | None = None) -> bool:
         return self.unlocked_session(serial, ttl_s, now) is not None
+
+    # --- console administrators and their sessions ----------------------------------------
+
+    def add_admin(self, name: str, password_hash: str, *, audit: AuditEntry | None = None) -> None:
+        """A new console administrator; Refusal admin_exists if the name is taken."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM admins WHERE name = ?", (name,)).fetchone():
+                raise Refusal("admin_exists", f"There is already an administrator {name!r}")
+            conn.execute(
+                "INSERT INTO admins (name, password_hash, created) VALUES (?, ?, ?)",
+                (name, password_hash, time.time()),
+            )
+            if audit is not None:
+                self._insert_audit(conn, audit, time.time())
+
+    def admin_hash(self, name: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT password_hash FROM admins WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_admin_hash(self, name: str, password_hash: str) -> None:
+        """The same password hashed again (with newer parameters)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE admins SET password_hash = ? WHERE name = ?", (password_hash, name)
+            )
+
+    def remove_admin(self, name: str, *, audit: AuditEntry | None = None) -> bool:
+        """Remove the administrator and end their sessions; `audit` is written only if there was
+        such an administrator."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM console_sessions WHERE admin = ?", (name,))
+            removed = conn.execute("DELETE FROM admins WHERE name = ?", (name,)).rowcount
+            if audit is not None and removed:
+                self._insert_audit(conn, audit, time.time())
+        return removed > 0
+
+    def admins(self) -> list[AdminInfo]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT name, created FROM admins ORDER BY name").fetchall()
+        return [AdminInfo(str(name), float(created)) for name, created in rows]
+
+    def create_console_session(
+        self, token_sha256: str, admin: str, csrf: str, now: float, *, idle_s: float
+    ) -> None:
+        """A session of `admin`, known by the SHA-256 of its cookie. Sessions idle for longer
+        than `idle_s` are forgotten meanwhile: every login tidies up."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM console_sessions WHERE last_seen < ?", (now - idle_s,))
+            conn.execute(
+                "INSERT INTO console_sessions (token_sha256, admin, csrf, created, last_seen) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (token_sha256, admin, csrf, now, now),
+            )
+
+    def console_session(
+        self, token_sha256: str, *, created_after: float | None = None
+    ) -> tuple[str, str, float] | None:
+        """(admin, csrf, last_seen) of the session, None if there is none (or it began at or
+        before `created_after`: too old to use, it is forgotten once idle)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT admin, csrf, last_seen FROM console_sessions "
+                "WHERE token_sha256 = ? AND created > ?",
+                (token_sha256, float("-inf") if created_after is None else created_after),
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), float(row[2]))
+
+    def touch_console_session(self, token_sha256: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE console_sessions SET last_seen = ? WHERE token_sha256 = ?",
+                (now, token_sha256),
+            )
+
+    def end_console_session(self, token_sha256: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM console_sessions WHERE token_sha256 = ?", (token_sha256,))
+
+    def end_admin_sessions(self, admin: str) -> int:
+        """End every session of `admin`; returns how many there were."""
+        with self._write() as conn:
+            return int(
+                conn.execute("DELETE FROM console_sessions WHERE admin = ?", (admin,)).rowcount
+            )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from demo.launch import DEMO_DIR, description, enroll, fresh_folder, launch, say
+from demo.launch import DEMO_DIR, console_line, description, enroll, fresh_folder, launch, say
 from devkit.macro_client import answer_holds, send
 
 STACK_JSON = DEMO_DIR / "stack.json"
@@ -62,14 +62,17 @@ def up() -> int:
 
 def how_to(d: dict[str, Any]) -> str:
     """Copy-paste instructions for the running stack."""
-    dev, sim = d["device"], d["simulator"]
+    dev, sim, console = d["device"], d["simulator"], d["console"]
     switch = sim["switches"]
     control = (
         f'curl -s --cacert {sim["ca"]} -H "{sim["control_header"]}: {sim["control_token"]}" '
         f"{sim['control_url']} -d"
     )
     return f"""The demo stack is running; {dev["enrolled"]} is enrolled on device {dev["serial"]}.
-Everything is described in {STACK_JSON} (the device key is in it: keep it private).
+Everything is described in {STACK_JSON} (the device key and the console's password are in
+it: keep it private).
+
+{console_line(console["url"], console["admin"], console["password"])}
 
 Ask the connector what the macro asks, signed with the device key (protocol v2):
   .venv/bin/python -m demo call verify

@@ -1,5 +1,5 @@
-"""What every demo command does first: camera frames, the stack with one device, the face models
-loaded, and (for `up` and `serve`) the person enrolled."""
+"""What every demo command does first: camera frames, the stack with one device and the web
+console, the face models loaded, and (for `up` and `serve`) the person enrolled."""
 
 from __future__ import annotations
 
@@ -60,14 +60,21 @@ def launch(workdir: Path) -> Launched:
     photos = os.environ.get("DEMO_PHOTOS")
     frames = demo_frames(workdir / "frames", Path(photos) if photos else None)
     with step("Starting the comparison function, the device simulator and the connector"):
-        stack = start_stack(workdir / "stack", images=frames.enrolled)
+        stack = start_stack(workdir / "stack", images=frames.enrolled, console=True)
     try:
+        assert stack.console_admin is not None
+        say(console_line(stack.console_url, *stack.console_admin))
         with step("Warming up the comparison function (its first comparison)"):
             warm_up(stack, frames.enrolled)
     except BaseException:
         stack.stop()
         raise
     return Launched(stack, frames)
+
+
+def console_line(url: str, name: str, password: str) -> str:
+    """Where the web console is and how to log in (its password is made for this run)."""
+    return f"Console: {url}/  (log in as {name} / {password})"
 
 
 def enroll(launched: Launched) -> dict[str, Any]:
@@ -83,6 +90,7 @@ def enroll(launched: Launched) -> dict[str, Any]:
 def description(launched: Launched) -> dict[str, Any]:
     """Everything a person or a script needs to use the running stack (`.demo/stack.json`)."""
     stack, device, frames = launched.stack, launched.device, launched.frames
+    admin, password = stack.console_admin or (None, None)
     person = {"images": None, "black": False, "no_option_key": False}
     return {
         "connector": {
@@ -96,6 +104,7 @@ def description(launched: Launched) -> dict[str, Any]:
             "enrolled": frames.person,
         },
         "function": {"url": stack.function_url},
+        "console": {"url": stack.console_url, "admin": admin, "password": password},
         "simulator": {
             "url": device.url,
             "ca": device.ca_path,

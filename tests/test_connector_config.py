@@ -29,6 +29,7 @@ from connector.config import (
     reference,
     remove_device,
 )
+from connector.reload import in_force
 from connector.secretref import resolve_secret
 from devkit.fakes.secret_manager import FakeSecretManager
 from devkit.procs import REPO
@@ -78,9 +79,10 @@ def documented_defaults() -> list[tuple[str, str, object]]:
 
 
 def test_defaults_are_the_documented_ones(tmp_path):
-    config = load_config(write(tmp_path, BASE + '[webex]\nbot_token = "env:T"\nroom_id = "R"\n'))
+    optional = '[webex]\nbot_token = "env:T"\nroom_id = "R"\n[admin_ui]\nhost = "127.0.0.1"\n'
+    config = load_config(write(tmp_path, BASE + optional))
     rows = documented_defaults()
-    assert len(rows) == 29
+    assert len(rows) == 34
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
@@ -505,3 +507,85 @@ def test_admin_check_config_says_ok_with_the_device_count(tmp_path, capsys, monk
     assert capsys.readouterr().out == "configuration OK: 2 devices\n"
     assert main(["--config", str(path), "admin", "check-config", "--json"]) == Exit.DONE
     assert json.loads(capsys.readouterr().out) == {"ok": True, "problems": []}
+
+
+# --- [admin_ui] ------------------------------------------------------------------------------
+
+
+def tls_files(tmp_path, *names: str) -> str:
+    for name in names:
+        (tmp_path / name).write_text("pem")
+    return "".join(
+        f'tls_{kind} = "{name}"\n' for kind, name in zip(("cert", "key"), names, strict=True)
+    )
+
+
+def test_without_admin_ui_there_is_no_console(tmp_path):
+    assert load_config(write(tmp_path, BASE)).admin_ui is None
+
+
+def test_admin_ui_takes_its_defaults_and_the_servers_tls_files(tmp_path):
+    server = "[server]\n" + tls_files(tmp_path, "c.pem", "k.pem")
+    config = load_config(write(tmp_path, BASE + server + '[admin_ui]\nhost = "10.0.0.2"\n'))
+    ui = config.admin_ui
+    assert ui is not None
+    assert (ui.host, ui.port, ui.session_idle_s, ui.login_failures, ui.login_window_s) == (
+        "10.0.0.2",
+        8444,
+        900,
+        5,
+        900,
+    )
+    assert (ui.tls_cert, ui.tls_key) == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+
+
+def test_admin_ui_may_have_tls_files_of_its_own(tmp_path):
+    text = BASE + '[admin_ui]\nhost = "0.0.0.0"\n' + tls_files(tmp_path, "ui.crt", "ui.key")
+    ui = load_config(write(tmp_path, text)).admin_ui
+    assert ui is not None and ui.tls_cert == str(tmp_path / "ui.crt")
+
+
+def test_admin_ui_serves_plain_http_on_a_loopback_host_only(tmp_path):
+    for host in ("127.0.0.1", "localhost", "::1"):
+        ui = load_config(write(tmp_path, BASE + f'[admin_ui]\nhost = "{host}"\n')).admin_ui
+        assert ui is not None and ui.tls_cert is None
+    message = load_error(tmp_path, BASE + '[admin_ui]\nhost = "10.0.0.2"\n')
+    assert "plain HTTP on 10.0.0.2" in message
+    assert "set admin_ui.tls_cert and admin_ui.tls_key" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("[admin_ui]\nport = 8444\n", "admin_ui.host is required"),
+        ('[admin_ui]\nhost = "127.0.0.1"\ntls_cert = "c.pem"\n', "set both tls_cert and tls_key"),
+        ('[admin_ui]\nhost = "127.0.0.1"\nport = 8443\n', "admin_ui.port 8443 is the macros'"),
+        ('[admin_ui]\nhost = "a host"\n', "admin_ui.host has an invalid value"),
+        ('[admin_ui]\nhost = "127.0.0.1"\nsession_idle_s = 30\n', "from 60 to 86400"),
+        ('[admin_ui]\nhost = "127.0.0.1"\nlogin_failures = 0\n', "login_failures must be"),
+        ('[admin_ui]\nhost = "127.0.0.1"\npassword = "x"\n', "unknown key 'password'"),
+    ],
+)
+def test_admin_ui_mistakes_are_named_with_their_field(tmp_path, section, expected):
+    (tmp_path / "c.pem").write_text("pem")
+    assert expected in load_error(tmp_path, BASE + section)
+
+
+def test_admin_ui_may_share_the_macros_port_on_another_address(tmp_path):
+    text = BASE + '[server]\nhost = "10.0.0.1"\n[admin_ui]\nhost = "127.0.0.1"\nport = 8443\n'
+    ui = load_config(write(tmp_path, text)).admin_ui
+    assert ui is not None and ui.port == 8443
+    wildcard = BASE + '[server]\nhost = "0.0.0.0"\n[admin_ui]\nhost = "127.0.0.1"\nport = 8443\n'
+    assert "is the macros' listener" in load_error(tmp_path, wildcard)
+
+
+def test_admin_ui_changes_wait_for_a_restart_like_the_servers(tmp_path):
+    ui = '[admin_ui]\nhost = "127.0.0.1"\n'
+    without = load_config(write(tmp_path, BASE))
+    with_ui = load_config(write(tmp_path, BASE + ui))
+    moved = load_config(write(tmp_path, BASE + ui + "port = 9444\nsession_idle_s = 60\n"))
+    assert in_force(without, with_ui) == (without, ["admin_ui"])
+    assert in_force(with_ui, without) == (with_ui, ["admin_ui"])
+    taken, pending = in_force(with_ui, moved)
+    assert taken.admin_ui == with_ui.admin_ui
+    assert pending == ["admin_ui.port", "admin_ui.session_idle_s"]

@@ -340,13 +340,17 @@ def enroll_to_remove(store: Store, path: str) -> list[bytes]:
     return secrets
 
 
-@pytest.mark.parametrize("removal", ["remove_person", "remove_device"])
+@pytest.mark.parametrize("removal", ["remove_person", "remove_device", "remove_reference"])
 def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(store, path, removal):
     secrets = enroll_to_remove(store, path)
     if removal == "remove_person":
         assert store.remove_person(SERIAL, NAME) is True
-    else:
+    elif removal == "remove_device":
         assert store.remove_device(SERIAL) == 1
+    else:  # photo by photo: the person goes with the last one
+        for reference in store.references(SERIAL, NAME):
+            assert store.remove_reference(SERIAL, reference.id) is True
+        assert store.people(SERIAL) == []
     assert os.path.getsize(path + "-wal") == 0
     assert found_on_disk(path, secrets) == []
     assert store.references_for("OTHER") == [("Bob", photo(1))]
@@ -480,11 +484,14 @@ def test_removing_a_device_forgets_its_key(store):
 
 
 def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, path, key):
+    """Schemas 2 and 3 upgrade the same way: by SCHEMA's new tables and ADDED_COLUMNS."""
     store.add_reference(SERIAL, "Alice Example", photo(1))
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE device_keys")
         db.execute("DROP TABLE device_reports")
+        db.execute("DROP TABLE console_sessions")
+        db.execute("DROP TABLE admins")
         db.execute("ALTER TABLE audit DROP COLUMN actor")
         db.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
     upgraded = Store.open(path, key)
@@ -495,12 +502,15 @@ def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, pa
         assert upgraded.audit(limit=1)[0].actor == "alice"
         upgraded.record_report(SERIAL, "push-1", now=5.0)
         assert upgraded.last_report(SERIAL) == (5.0, "push-1")
+        upgraded.add_admin("alice", "hash")
+        upgraded.create_console_session("digest", "alice", "csrf", 5.0, idle_s=900)
+        assert upgraded.console_session("digest") == ("alice", "csrf", 5.0)
     finally:
         upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (3,)
-        db.execute("UPDATE meta SET value = 4 WHERE name = 'schema'")
-    with pytest.raises(FaceIdError, match="has schema 4, this connector reads schema 3"):
+        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (4,)
+        db.execute("UPDATE meta SET value = 5 WHERE name = 'schema'")
+    with pytest.raises(FaceIdError, match="has schema 5, this connector reads schema 4"):
         Store.open(path, key)
 
 

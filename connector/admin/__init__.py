@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import fleet, records, settings
+from . import consoleadmins, fleet, records, settings
 from .common import EXIT_CODES, Exit, exit_code
 
 __all__ = ["EXIT_CODES", "Exit", "add_parsers", "exit_code", "run"]
 
-_MODULES = (fleet, records, settings)
+_MODULES = (fleet, records, settings, consoleadmins)
 
 
 def add_parsers(commands: Any) -> None:

@@ -19,6 +19,7 @@ from rich.cells import cell_len
 from .. import validation
 from ..config import ConnectorConfig
 from ..runtime import Runtime, build_runtime
+from ..secretref import check_ref, resolve_secret
 from ..store import AuditEntry
 
 
@@ -84,6 +85,19 @@ def iso_time(t: float) -> str:
     """A stored time (epoch seconds) as ISO 8601 with its UTC offset, e.g.
     2026-12-01T13:45:07+00:00: unambiguous to a reader and to a script."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def absolute_ref(ref: str) -> str:
+    """A file: reference given on the command line is relative to the current folder, not to
+    the configuration file's."""
+    if ref.startswith("file:"):
+        return "file:" + os.path.abspath(os.path.expanduser(ref[5:]))
+    return ref
+
+
+def secret_option(ref: str, option: str) -> str:
+    """The secret a command-line reference (`option`) names, resolved now."""
+    return resolve_secret(check_ref(absolute_ref(ref), option), option)
 
 
 def print_json(value: Any) -> None:

@@ -26,10 +26,19 @@ from ..onboarding import Examination, examine, presented_fingerprint
 from ..protocol import encode_key, new_device_key
 from ..provisioning import Outcome, Plan, plan_for, provision
 from ..runtime import Runtime
-from ..secretref import REF_HELP, check_ref, resolve_secret
+from ..secretref import REF_HELP
 from ..store import AuditEntry
 from ..tls import display_fingerprint
-from .common import Exit, admin_audit, known_serial, print_json, print_table, runtime
+from .common import (
+    Exit,
+    absolute_ref,
+    admin_audit,
+    known_serial,
+    print_json,
+    print_table,
+    runtime,
+    secret_option,
+)
 
 MARKS = {"ok": "✓", "warning": "!", "failed": "✗"}
 
@@ -121,14 +130,6 @@ def _print_examination(result: Examination) -> None:
             print(f"    fix: {check.fix}")
 
 
-def _absolute_ref(ref: str) -> str:
-    """A file: reference given on the command line is relative to the current folder, not to
-    the configuration file's."""
-    if ref.startswith("file:"):
-        return "file:" + os.path.abspath(os.path.expanduser(ref[5:]))
-    return ref
-
-
 def _camera(rt: Runtime) -> DeviceClient:
     client = rt.device_client
     assert isinstance(client, DeviceClient)  # build_runtime's; only tests give memory fakes
@@ -142,7 +143,7 @@ def add_device(args: argparse.Namespace, config_path: str) -> int:
     config = load_config(config_path)
     defaults = config.device_defaults
     username = args.username or defaults.username
-    password_ref = _absolute_ref(args.password_ref) if args.password_ref else defaults.password
+    password_ref = absolute_ref(args.password_ref) if args.password_ref else defaults.password
     if username is None or password_ref is None:
         print(
             "Give --username and --password-ref (or set them in [device_defaults]).",
@@ -150,7 +151,7 @@ def add_device(args: argparse.Namespace, config_path: str) -> int:
         )
         return Exit.NOT_DONE
     # Resolved before anything is sent or written: a reference that cannot be read stops here.
-    password = resolve_secret(check_ref(password_ref, "--password-ref"), "--password-ref")
+    password = secret_option(password_ref, "--password-ref")
     serial = validation.serial(args.serial) if args.serial else None
     if serial is not None and config.device(serial) is not None:
         print(f"Device {serial} is already configured.", file=sys.stderr)
@@ -277,8 +278,7 @@ def _save_frame(path: str, frame: bytes) -> None:
 def _admin_account(args: argparse.Namespace) -> AdminAccount:
     """The device administrator of this run; the password from a reference, else the prompt."""
     if args.admin_password_ref:
-        ref = check_ref(_absolute_ref(args.admin_password_ref), "--admin-password-ref")
-        password = resolve_secret(ref, "--admin-password-ref")
+        password = secret_option(args.admin_password_ref, "--admin-password-ref")
     elif not sys.stdin.isatty():
         raise bad_request("give --admin-password-ref (no terminal to ask for the password at)")
     else:

@@ -153,14 +153,8 @@ def unlock_lockout(args: argparse.Namespace, config_path: str) -> int:
     if serial is None:
         return Exit.NOT_DONE
     with runtime(config, []) as rt:
-        ended = rt.store.clear_lockout(serial, audit=admin_audit("unlock_lockout", "done", serial))
-        left = rt.lockout.remaining(ended)
-    if left:
-        print(f"Lockout of {serial} ended (it had {ended.failures} failures, {left} s left).")
-    elif ended.failures:
-        print(f"{serial} was not locked out; its {ended.failures} failed attempts are forgotten.")
-    else:
-        print(f"{serial} was not locked out.")
+        said = rt.lockout.end(serial, audit=admin_audit("unlock_lockout", "done", serial))
+    print(said)
     return Exit.DONE
 
 

@@ -28,6 +28,7 @@ from .schema import (
     SECTIONS,
     SERVICE_ACCOUNT_RE,
     TLS_SETTINGS,
+    AdminUiConfig,
     ConnectorConfig,
     DeviceConfig,
     DeviceDefaults,
@@ -254,6 +255,33 @@ def _server(t: _Table) -> ServerConfig:
     return config
 
 
+#: Addresses that listen on every interface: they take any port of any other listener.
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def _admin_ui(t: _Table, server: ServerConfig) -> AdminUiConfig:
+    """The console's listener: HTTPS with its own files or [server]'s, plain HTTP only where
+    nobody else can listen in (a loopback address), and not on the macros' address and port."""
+    inherited = {"tls_cert": server.tls_cert, "tls_key": server.tls_key}
+    values = _fields(t, settings(AdminUiConfig), defaults=inherited)
+    if ("tls_cert" in t.data) != ("tls_key" in t.data):
+        t.problem("admin_ui: set both tls_cert and tls_key, or neither (then [server]'s are used)")
+    elif values["tls_cert"] is None and values["host"] not in (None, *LOOPBACK_HOSTS):
+        t.problem(
+            f"admin_ui: the console would send passwords over plain HTTP on {values['host']}: "
+            "set admin_ui.tls_cert and admin_ui.tls_key (or server.tls_cert and server.tls_key), "
+            f"or listen on a loopback host ({', '.join(LOOPBACK_HOSTS)})"
+        )
+    hosts = {values["host"], server.host}
+    if values["port"] == server.port and (len(hosts) == 1 or hosts & set(WILDCARD_HOSTS)):
+        t.problem(
+            f"admin_ui.port {values['port']} is the macros' listener (server.port): "
+            "give the console a port of its own"
+        )
+    t.done()
+    return AdminUiConfig(**values)
+
+
 def _function(t: _Table) -> FunctionConfig:
     values = _fields(t, settings(FunctionConfig), defaults={"audience": None})
     if values["audience"] is None:  # left out (or bad, and noted): the URL
@@ -407,6 +435,8 @@ def _parse(text: str, path: str) -> tuple[ConnectorConfig | None, list[str]]:
         return _Table(root._get(name, {}), name, base_dir, root.problems)
 
     server = _server(section("server"))
+    admin_ui_table = root.table("admin_ui")
+    admin_ui = None if admin_ui_table is None else _admin_ui(admin_ui_table, server)
     function = _function(section("function"))
     store = _store(section("store"))
     policy = _policy(section("policy"))
@@ -417,6 +447,7 @@ def _parse(text: str, path: str) -> tuple[ConnectorConfig | None, list[str]]:
     config = ConnectorConfig(
         path=str(Path(path).resolve()),
         server=server,
+        admin_ui=admin_ui,
         function=function,
         store=store,
         policy=policy,

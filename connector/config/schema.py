@@ -4,8 +4,9 @@ TOML value, the default, the bounds or choices and the meaning README shows.
 
 loading.py reads a file by these declarations; the rules that tie fields together (tls_cert and
 tls_key both or neither, function.audience defaulting to function.url, a device taking
-[device_defaults], policy.threshold above 0, devices[].tls) are code there, one function per
-section. `python -m connector config-reference` prints README's table from `reference()`.
+[device_defaults], policy.threshold above 0, devices[].tls, [admin_ui] taking [server]'s TLS files
+and serving plain HTTP on loopback only) are code there, one function per section.
+`python -m connector config-reference` prints README's table from `reference()`.
 
 A field without a default is keyword-only, so that each section keeps README's order.
 """
@@ -38,6 +39,8 @@ WEBEX_EVENTS: tuple[str, ...] = get_args(WebexEvents)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+#: A listening address: a host name, an IPv4 address or a bare IPv6 address (no port).
+LISTEN_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 USERNAME_RE = re.compile(r"^[^\x00-\x1f\x7f:]{1,128}$")
 ROOM_ID_RE = re.compile(r"^\S{1,512}$")
 NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
@@ -117,8 +120,16 @@ def choice(default: str, meaning: str, choices: tuple[str, ...], *, upper: bool 
     return _declare(Setting("choice", default, meaning, choices=choices, upper=upper))
 
 
-def file_path(default: str | None, meaning: str, *, must_exist: bool = True) -> Any:
-    return _declare(Setting("path", default, meaning, must_exist=must_exist))
+def file_path(
+    default: str | None,
+    meaning: str,
+    *,
+    must_exist: bool = True,
+    default_from: str | None = None,
+) -> Any:
+    return _declare(
+        Setting("path", default, meaning, must_exist=must_exist, default_from=default_from)
+    )
 
 
 def secret(default: str | None, meaning: str, *, default_from: str | None = None) -> Any:
@@ -166,6 +177,36 @@ class ServerConfig:
     )
     max_connections_per_address: int = integer(
         64, "connections one client address may hold open", low=1, high=4096
+    )
+
+
+@dataclass(frozen=True)
+class AdminUiConfig:
+    """The administrators' web console (connector/console/): its own listener of the front."""
+
+    host: str = text(
+        REQUIRED,
+        "address the console listens on (plain HTTP only on loopback)",
+        pattern=LISTEN_HOST_RE,
+    )
+    port: int = integer(8444, "port the console listens on", low=1, high=65535)
+    tls_cert: str | None = file_path(
+        None, "the console's PEM certificate; both or neither", default_from="server.tls_cert"
+    )
+    tls_key: str | None = file_path(
+        None, "the console's PEM key; both or neither", default_from="server.tls_key"
+    )
+    threads: int = integer(
+        4, "console requests served at once, in threads beside server.threads", low=1, high=64
+    )
+    session_idle_s: int = integer(
+        900, "a console session unused this long ends", low=60, high=86400
+    )
+    login_failures: int = integer(
+        5, "failed logins per account and per address before 429", low=1, high=1000
+    )
+    login_window_s: int = integer(
+        900, "window counting them; the refusal lasts as long", low=1, high=86400
     )
 
 
@@ -354,6 +395,7 @@ class Section:
 #: The file's sections, in README's order. Any other section is refused.
 SECTIONS = (
     Section("server", ServerConfig),
+    Section("admin_ui", AdminUiConfig, optional=True),
     Section("function", FunctionConfig, required=True),
     Section("store", StoreConfig, required=True),
     Section("policy", PolicyConfig),
@@ -369,6 +411,7 @@ SECTIONS = (
 class ConnectorConfig:
     path: str
     server: ServerConfig
+    admin_ui: AdminUiConfig | None  # no [admin_ui]: no console
     function: FunctionConfig
     store: StoreConfig
     policy: PolicyConfig
