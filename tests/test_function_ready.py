@@ -20,6 +20,7 @@ from faceverify.engines.mxface import MXFaceEngine
 
 from devkit.fakes.secret_manager import FakeSecretManager
 from devkit.samples import grace_hopper_jpeg, verify_request
+from tests.support.secret_breakages import cases
 
 BODY = verify_request(grace_hopper_jpeg(), {"alice": grace_hopper_jpeg()})
 NO_KEY = "no MXFace key: set MXFACE_KEY or MXFACE_KEY_SECRET"
@@ -114,35 +115,9 @@ def test_without_a_key_the_function_is_failing_and_says_so(client, fake, monkeyp
     assert fake.count() == 0
 
 
-def _deny(sm, name):
-    sm.deny(name)
-
-
-def _delete(sm, name):
-    sm.delete_secret(name)
-
-
-def _disable(sm, name):
-    sm.set_state(f"{name}/versions/1", "DISABLED")
-
-
-def _corrupt(sm, name):
-    sm.corrupt(f"{name}/versions/1")
-
-
-def _empty(sm, name):
-    sm.add_version(name, "  \n")
-
-
 @pytest.mark.parametrize(
     ("breakage", "phrase"),
-    [
-        (_deny, "permission denied"),
-        (_delete, "was not found"),
-        (_disable, "disabled or destroyed"),
-        (_corrupt, "CRC32C"),
-        (_empty, "is empty"),
-    ],
+    cases("denied", "deleted", "disabled", "corrupt", "empty"),
 )
 def test_an_unreadable_key_secret_is_failing_with_its_reason(
     client, sm, fake, secret, breakage, phrase

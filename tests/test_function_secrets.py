@@ -18,6 +18,7 @@ from devkit.fakes.mxface import unauthorized
 from devkit.fakes.secret_manager import FakeSecretManager
 from devkit.procs import free_port
 from devkit.samples import grace_hopper_jpeg, verify_request
+from tests.support.secret_breakages import cases
 
 BODY = verify_request(grace_hopper_jpeg(), {"alice": grace_hopper_jpeg()})
 
@@ -120,40 +121,9 @@ def test_a_failed_read_is_shared_by_its_waiters_and_kept_a_few_seconds(sm, secre
     assert sm.access_count(f"{secret}/versions/latest") == 2
 
 
-def _delete(sm, name):
-    sm.delete_secret(name)
-
-
-def _deny(sm, name):
-    sm.deny(name)
-
-
-def _disable(sm, name):
-    sm.set_state(f"{name}/versions/1", "DISABLED")
-
-
-def _destroy(sm, name):
-    sm.set_state(f"{name}/versions/1", "DESTROYED")
-
-
-def _disable_newest(sm, name):
-    sm.set_state(sm.add_version(name, "newer-key"), "DISABLED")  # latest never falls back
-
-
-def _corrupt(sm, name):
-    sm.corrupt(f"{name}/versions/1")
-
-
 @pytest.mark.parametrize(
     ("breakage", "phrase"),
-    [
-        (_delete, "was not found"),
-        (_deny, "permission denied"),
-        (_disable, "disabled or destroyed"),
-        (_destroy, "disabled or destroyed"),
-        (_disable_newest, "disabled or destroyed"),
-        (_corrupt, "CRC32C"),
-    ],
+    cases("deleted", "denied", "disabled", "destroyed", "newest disabled", "corrupt"),
 )
 def test_secret_failures_are_config_errors_that_say_which(
     client, sm, fake, secret, breakage, phrase
