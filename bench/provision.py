@@ -69,15 +69,9 @@ def start_runtime(runtimes: ExitStack, stack: Stack, device: SimDevice) -> threa
     runtimes.callback(session.close)
 
     def read_macros() -> dict[str, Any]:
-        answer = session.get(
-            f"{device.url}/_sim/macros",
-            headers={"X-Sim-Control": device.control_token},
-            verify=device.ca_path,
-            timeout=5,
-        )
-        answer.raise_for_status()
+        macros = device.macros(session)
         ready.set()
-        return dict(answer.json())
+        return macros
 
     report = reporter(stack.connector_url, str(stack.ca_path), device.serial)
     runtimes.enter_context(reporting_runtime(read_macros, report, poll_s=RUNTIME_POLL_S))

@@ -74,16 +74,17 @@ class SimDevice:
     def stats(self) -> dict[str, Any]:
         return self._read("stats")
 
-    def macros(self) -> dict[str, Any]:
-        """The device's macros ({"macros": [{name, active, source}], "restarts", "running"})."""
-        return self._read("macros")
+    def macros(self, session: requests.Session | None = None) -> dict[str, Any]:
+        """The device's macros ({"macros": [{name, active, source}], "restarts", "running"});
+        `session` keeps the connection for a caller that asks often."""
+        return self._read("macros", session)
 
     def configuration(self) -> dict[str, Any]:
         """Every configuration leaf ("Macros Mode": "On", ...) and "ca_certificates"."""
         return self._read("config")
 
-    def _read(self, what: str) -> dict[str, Any]:
-        answer = requests.get(
+    def _read(self, what: str, session: requests.Session | None = None) -> dict[str, Any]:
+        answer = (session or requests).get(
             f"{self.url}/_sim/{what}",
             headers={"X-Sim-Control": self.control_token},
             verify=self.ca_path,
