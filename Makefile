@@ -1,4 +1,5 @@
-# The two commands of README: `make demo` and `make test`. Each builds .venv by itself.
+# The two commands of README: `make demo` and `make test` (and `make demo-pair`, the redundant
+# pair's run). Each builds .venv by itself.
 # `make test-fast`: the tests that start no process and load no face engine (under a minute).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,11 +10,15 @@ STAMP := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 
-.PHONY: test test-fast demo demo-up demo-down lint typecheck pytest macro-test bench clean system-packages config-reference
+.PHONY: test test-fast demo demo-pair demo-up demo-down lint typecheck pytest macro-test bench clean system-packages config-reference
 # Debian packages the stack and its tests run with, each named as the command it installs:
 # HAProxy (the connector's front) and Chromium (the console's browser test drives it through
 # Playwright, which never downloads a browser of its own); as root, or through sudo.
 SYSTEM_PACKAGES := haproxy chromium
+# PostgreSQL's server: the store's tests, the redundant pair and bench/redundancy.py start a
+# throwaway one (devkit/postgres.py). Debian puts initdb in /usr/lib/postgresql/VERSION/bin, off
+# PATH: the package counts as present when some version's initdb is there.
+POSTGRESQL_INITDB := /usr/lib/postgresql/*/bin/initdb
 # Playwright (requirements.txt) drives that chromium; none of its installers may fetch a browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -51,9 +56,11 @@ test-fast: $(STAMP)
 
 system-packages:
 	@missing="$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done)"; \
+	compgen -G '$(POSTGRESQL_INITDB)' >/dev/null || missing="$$missing postgresql"; \
 	[ -z "$$missing" ] || { \
-	  echo "Installing" $$missing "from Debian's packages (first run: a few minutes) ..."; \
+	  echo "[1/2] Reading Debian's package lists ..."; \
 	  $(SUDO) apt-get update && \
+	  echo "[2/2] Installing" $$missing "from Debian's packages (first run: a few minutes) ..." && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }
 
 lint: $(STAMP)
@@ -75,6 +82,10 @@ config-reference: $(STAMP)
 
 demo: $(STAMP) system-packages
 	$(PY) -m demo
+
+# The same with two connectors on one throwaway PostgreSQL (installed by system-packages).
+demo-pair: $(STAMP) system-packages
+	$(PY) -m demo pair
 
 demo-up: $(STAMP) system-packages
 	$(PY) -m demo up

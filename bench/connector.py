@@ -52,8 +52,8 @@ class Caller:
     """The macro's side: a new HTTPS connection per verify, as the device's HTTP client makes,
     with the trust store loaded once (as a device has it), so the figures are the connector's."""
 
-    def __init__(self, stack: Stack) -> None:
-        parts = urlsplit(stack.connector_url)
+    def __init__(self, stack: Stack, url: str | None = None) -> None:
+        parts = urlsplit(url or stack.connector_url)  # url: another connector of the stack
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 443
         self.context = ssl.create_default_context(cafile=str(stack.ca_path))
 

@@ -18,6 +18,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import NotFound
 
 from . import validation
+from .codeevents import record_events
 from .console import console_app
 from .enrollment import audit_enrollment, enroll, enroll_event
 from .front import CONSOLE_LISTENER, LISTENER_HEADER, client_address
@@ -289,6 +290,14 @@ def create_app(rt: Runtime) -> Flask:
         rt.store.record_report(device.serial, push, now=rt.clock())
         rt.audit(g.request_id, device.serial, "macro_report", outcome="running")
         return device_status(device)
+
+    @app.post("/v1/code-events")
+    def code_events_route() -> Response:
+        """What the macro tells of its offline unlock codes (codeevents.py)."""
+        device, body = signed_json()
+        events = validation.code_events(body)
+        recorded = record_events(rt, device, events, g.request_id)
+        return _json({"recorded": recorded, "serial": device.serial})
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from faceid_core.errors import AuthError, Refusal
+from faceid_core.errors import AuthError
 
 SCHEME = "FaceID-HMAC-SHA256"
 REQUEST_CONTEXT = "FACEID-V2"
@@ -31,9 +30,6 @@ KEY_BYTES = 32
 MAX_SKEW_S = 60
 #: How long a (serial, nonce) pair is remembered; well beyond the skew window on either side.
 REPLAY_WINDOW_S = 600
-#: Nonces remembered at most. Filled only by correctly signed requests (about 160 a second for
-#: ten minutes); beyond it, requests are refused rather than a young nonce forgotten.
-REPLAY_CACHE_SIZE = 100_000
 #: A verify answer is valid this long (the macro allows 5 s of skew on top).
 ANSWER_TTL_S = 30
 
@@ -133,35 +129,24 @@ def check_fresh(ts: int, now: float) -> None:
         )
 
 
-class ReplayCache:
-    """(serial, nonce) pairs seen in the last REPLAY_WINDOW_S, bounded. Thread-safe: of the same
-    request sent many times at once, exactly one is first."""
+class NonceLedger(Protocol):
+    """Where spent nonces are kept (the store): shared by every connector on the same one."""
 
-    def __init__(self, size: int = REPLAY_CACHE_SIZE, window_s: float = REPLAY_WINDOW_S) -> None:
-        self.size, self.window_s = size, window_s
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when it was seen
-        self._lock = threading.Lock()
+    def spend_nonce(self, serial: str, nonce: str, now: float, window_s: float) -> bool: ...
+
+
+class ReplayCache:
+    """(serial, nonce) pairs seen in the last REPLAY_WINDOW_S, in the store: a nonce that one
+    connector accepted is refused by every other sharing the store, and of the same request sent
+    many times at once, exactly one is first."""
+
+    def __init__(self, ledger: NonceLedger, window_s: float = REPLAY_WINDOW_S) -> None:
+        self._ledger, self.window_s = ledger, window_s
 
     def first_use(self, serial: str, nonce: str, now: float) -> None:
-        """Remember the pair; raises replayed when it is not new, and busy when the cache is
-        full of pairs still young enough to be replayed."""
-        key = (serial, nonce)
-        with self._lock:
-            seen_at = self._seen.pop(key, None)
-            if seen_at is not None and now - seen_at <= self.window_s:
-                self._seen[key] = seen_at
-                raise AuthError("replayed", "This request was already received (replayed)")
-            self._make_room(now)
-            self._seen[key] = now
-
-    def _make_room(self, now: float) -> None:
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if now - seen_at <= self.window_s and len(self._seen) < self.size:
-                return
-            if now - seen_at <= 2 * MAX_SKEW_S:  # still replayable: never forgotten early
-                raise Refusal("busy", "Too many requests to remember; try again shortly")
-            del self._seen[oldest]
+        """Spend the pair; raises replayed when it is not new."""
+        if not self._ledger.spend_nonce(serial, nonce, now, self.window_s):
+            raise AuthError("replayed", "This request was already received (replayed)")
 
 
 @dataclass(frozen=True)
@@ -181,11 +166,10 @@ class Authenticator:
     def __init__(
         self,
         keys: Callable[[str], bytes | None],
+        replay: ReplayCache,
         clock: Callable[[], float] = time.time,
-        replay: ReplayCache | None = None,
     ) -> None:
-        self._keys, self._clock = keys, clock
-        self._replay = replay or ReplayCache()
+        self._keys, self._replay, self._clock = keys, replay, clock
 
     def identify(self, header: str | None, method: str, path: str, body: bytes) -> Caller:
         """The device that signed this request, or unauthorized (unknown serial or wrong

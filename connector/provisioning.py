@@ -3,7 +3,7 @@ administrator's account that is used for this run only and never stored.
 
 The steps, each safe to repeat: check the device is the configured serial; switch on Macros,
 Macros AutoStart and HttpClient where they are off; trust the connector's CA; save the macro
-with its SETTINGS filled in (connector URL, the device key, relock time, and a push id);
+with its SETTINGS filled in (the connectors' URLs, the device key, relock time, and a push id);
 activate it and restart the macro runtime; then wait until that very push reports in with a
 signed POST /v1/status. Running it again upgrades the macro and keeps the key.
 
@@ -37,7 +37,7 @@ from .xapi import Xapi, leaf
 MACRO_NAME = "faceid"
 #: The SETTINGS lines provisioning writes, each `  key: <literal>,` on one line of the macro.
 SETTINGS_LINE = re.compile(
-    r"^(  (?P<key>connectorUrl|deviceKey|allowInsecureHttps|allowPlainHttp|relockIdleSeconds"
+    r"^(  (?P<key>connectorUrls|deviceKey|allowInsecureHttps|allowPlainHttp|relockIdleSeconds"
     r"|pushId): ).*,$",
     re.MULTILINE,
 )
@@ -82,7 +82,7 @@ def filled_macro(source: str, values: Mapping[str, Any]) -> str:
 class Plan:
     """What every device of one run gets."""
 
-    connector_url: str
+    connector_urls: tuple[str, ...]  # first preferred
     ca_certificates: tuple[str, ...]  # PEM, each added on its own (CA Add takes one)
     macro_source: str
     relock_idle_s: int
@@ -92,13 +92,13 @@ class Plan:
 def plan_for(config: ConnectorConfig) -> Plan:
     """The run's plan from [provisioning]; config_error naming what is missing."""
     prov = config.provisioning
-    if prov.connector_url is None:
+    if prov.connector_urls is None:
         raise config_error(
-            "provisioning.connector_url is not set: the URL the devices reach this connector at, "
-            "e.g. https://faceid.example.internal:8443"
+            "provisioning.connector_urls is not set: the URLs the devices reach the connectors "
+            'at, first preferred, e.g. ["https://faceid.example.internal:8443"]'
         )
     ca_path = prov.ca_cert or config.server.tls_cert
-    if ca_path is None and prov.connector_url.startswith("https:"):
+    if ca_path is None and any(url.startswith("https:") for url in prov.connector_urls):
         raise config_error(
             "provisioning.ca_cert is not set and there is no server.tls_cert: the devices must "
             "trust the connector's certificate"
@@ -106,8 +106,8 @@ def plan_for(config: ConnectorConfig) -> Plan:
     macro_path = Path(prov.macro) if prov.macro else shipped_macro()
     certificates = _certificates(Path(ca_path)) if ca_path else ()
     source = _read(macro_path)
-    filled_macro(source, _values(prov.connector_url, "", prov.relock_idle_s, ""))  # checked now
-    return Plan(prov.connector_url, certificates, source, prov.relock_idle_s, prov.report_wait_s)
+    filled_macro(source, _values(prov.connector_urls, "", prov.relock_idle_s, ""))  # checked now
+    return Plan(prov.connector_urls, certificates, source, prov.relock_idle_s, prov.report_wait_s)
 
 
 def _certificates(path: Path) -> tuple[str, ...]:
@@ -131,12 +131,16 @@ def _read(path: Path) -> str:
         raise config_error(f"provisioning: cannot read {path} ({exc})") from None
 
 
-def _values(url: str, key: str, relock_s: int, push: str) -> dict[str, Any]:
+def _plain_http(urls: tuple[str, ...]) -> bool:
+    return any(url.startswith("http:") for url in urls)
+
+
+def _values(urls: tuple[str, ...], key: str, relock_s: int, push: str) -> dict[str, Any]:
     return {
-        "connectorUrl": url,
+        "connectorUrls": list(urls),
         "deviceKey": key,
         "allowInsecureHttps": False,  # the connector's CA is on the device
-        "allowPlainHttp": url.startswith("http:"),
+        "allowPlainHttp": _plain_http(urls),
         "relockIdleSeconds": relock_s,
         "pushId": push,
     }
@@ -218,7 +222,7 @@ def provision(
         stored = store.device_key(serial)
         key = new_device_key() if new_key or stored is None else stored
         push = secrets.token_urlsafe(12)
-        values = _values(plan.connector_url, encode_key(key), plan.relock_idle_s, push)
+        values = _values(plan.connector_urls, encode_key(key), plan.relock_idle_s, push)
         source = filled_macro(plan.macro_source, values)
         xapi.command("Macros Macro Save", {"Name": MACRO_NAME, "OverWrite": "True"}, body=source)
         outcome.done.append(f"macro saved ({len(source.encode()) / 1024:.0f} kB)")
@@ -249,7 +253,7 @@ def _counted(n: int, what: str) -> list[str]:
 def _configure(xapi: Xapi, plan: Plan) -> str:
     """Set what differs from REQUIRED_CONFIGURATION (and AllowHTTP for an http:// URL)."""
     wanted = dict(REQUIRED_CONFIGURATION)
-    if plan.connector_url.startswith("http:"):
+    if _plain_http(plan.connector_urls):
         wanted["HttpClient AllowHTTP"] = "True"
     sections = {name.split()[0] for name in wanted}
     trees = {section: xapi.read(f"/Configuration/{section}") for section in sections}
@@ -274,8 +278,8 @@ def _await_report(
             raise _Failed(
                 "report",
                 f"the macro did not report in within {plan.report_wait_s:g} s",
-                f"check that the device reaches {plan.connector_url} (HttpClient, its proxy, "
-                "the firewall, the connector's certificate), that the connector is running, and "
-                "the macro's log in the device's Macro Editor",
+                f"check that the device reaches {' or '.join(plan.connector_urls)} (HttpClient, "
+                "its proxy, the firewall, the connector's certificate), that a connector is "
+                "running, and the macro's log in the device's Macro Editor",
             )
         time.sleep(REPORT_POLL_S)

@@ -20,7 +20,7 @@ from .health import CachedCheck
 from .lockout import Lockout
 from .metrics import Metrics
 from .ports import Camera, Clock, Comparator, Notices
-from .protocol import Authenticator
+from .protocol import Authenticator, ReplayCache
 from .relay import FunctionClient
 from .store import DeviceWebSession, Store
 from .webex import Event, webex_notices
@@ -68,7 +68,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.use_function(self.function)
-        self.authenticator = Authenticator(self.device_key, clock=self.clock)
+        self.authenticator = Authenticator(self.device_key, ReplayCache(self.store), self.clock)
 
     def use_function(self, function: Comparator) -> None:
         """Call `function` from now on, and /healthz checks it (a reload's new client)."""
@@ -207,7 +207,12 @@ def build_runtime(config: ConnectorConfig, serials: Collection[str] | None = Non
     metrics = Metrics()
     # Administrators' commands (serials given) tell nobody and need no bot token.
     webex = webex_notices(config, metrics) if serials is None else None
-    store = Store.open(config.store.path, config.store.resolve_key())
+    store = Store.open(
+        config.store.location,
+        config.store.resolve_key(),
+        password=config.store.resolve_password(),
+        pool_size=config.store.pool_size,
+    )
     device_client = make_device_client(config, store, metrics)
     metrics.open_sessions.set_function(lambda: _recorded_sessions(store))
     clock = time.time

@@ -38,14 +38,24 @@ HEADLINES = {
     ("enroll", "enrolled"): "Face enrolled",
     ("enroll", "refused"): "Enrollment refused",
     ("enroll", "error"): "Enrollment failed",
+    ("unlock_code", "unlocked"): "Opened with an unlock code",
+    ("unlock_code", "waiting"): "Wrong unlock codes",
+    ("unlock_code", "refused"): "Unlock code reports dropped",
 }
-SUCCESSES = frozenset({"match", "enrolled"})
-#: What the administrators are told about: a login attempt or an enrollment.
-EventKind = Literal["verify", "enroll"]
+SUCCESSES = frozenset({"match", "enrolled", "unlocked"})
+#: What the administrators are told about: a login attempt, an enrollment, or what a device
+#: reports of its offline unlock codes (codeevents.py).
+EventKind = Literal["verify", "enroll", "unlock_code"]
+#: Told even with `webex.events = "failures"`: an unlock code bypasses face login, so each use
+#: is worth an administrator's glance.
+ALWAYS_TOLD = frozenset({"unlock_code"})
 #: A login attempt's verdict (verification.Outcome): only "match" unlocks.
 Verdict = Literal["match", "no_match", "error"]
 #: An enrollment's result (enrollment.EnrollOutcome): "refused" by the rules or the picture.
 EnrollResult = Literal["enrolled", "refused", "error"]
+#: A device's report of its unlock codes (codeevents.py): one opened it, or wrong ones made it wait;
+#: "refused": it reported more than the hourly cap, and the rest were dropped.
+CodeOutcome = Literal["unlocked", "waiting", "refused"]
 #: What the administrators should do about an outcome that is theirs to fix.
 ACTIONS = {
     "reference_unusable": "A stored photo of this person has no usable face: remove the person "
@@ -60,10 +70,10 @@ class Event:
     kind: EventKind
     serial: str
     device_name: str
-    outcome: Verdict | EnrollResult  # a verify's Verdict, an enroll's EnrollResult
+    outcome: Verdict | EnrollResult | CodeOutcome  # by kind
     code: str | None
     person: str | None
-    message: str  # what the person at the device read
+    message: str  # what the person at the device read; for an unlock code, what happened
     trace: str
     at: float = field(default_factory=time.time)
     lockout_s: int | None = None  # a lockout this attempt started
@@ -72,6 +82,11 @@ class Event:
     @property
     def failed(self) -> bool:
         return self.outcome not in SUCCESSES
+
+    @property
+    def told(self) -> bool:
+        """Worth a message with `webex.events = "failures"`."""
+        return self.failed or self.kind in ALWAYS_TOLD
 
 
 @dataclass(frozen=True)
@@ -100,16 +115,19 @@ def markdown(event: Event) -> str:
     headline = HEADLINES.get((event.kind, event.outcome), f"{event.kind} {event.outcome}")
     if event.person:
         person = escape(event.person)
+    elif event.kind == "unlock_code":
+        person = "not known (whoever had the code)"
     else:
         person = "not recognised" if event.outcome == "no_match" else "unknown"
     code = f" (`{event.code}`)" if event.code else ""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(event.at))
+    said = "What happened" if event.kind == "unlock_code" else "Shown on the device"
     lines = [
         f"**{escape(headline)}** on **{escape(event.device_name)}** "
         f"(serial {escape(event.serial)})",
         f"- Person: {person}",
         f"- Outcome: {event.outcome}{code}",
-        f"- Shown on the device: {escape(event.message)}",
+        f"- {said}: {escape(event.message)}",
         f"- Time: {when}",
     ]
     if event.code in ACTIONS:
@@ -206,7 +224,7 @@ class WebexNotices:
         self._client = client
 
     def notify(self, event: Event) -> None:
-        if self._config.events == "failures" and not event.failed:
+        if self._config.events == "failures" and not event.told:
             return
         attach = self._config.attach_snapshots and event.failed
         self._notifier.submit(

@@ -1,7 +1,9 @@
-"""python -m demo [run | up | down | serve]
+"""python -m demo [run | pair | up | down | call | serve]
 
   run    (default) start everything, drive the real macro through the scenarios, print the
          table, stop everything; exit 0 only if every scenario behaved
+  pair   the same with two connectors on one throwaway PostgreSQL: a lockout shared by both,
+         the macro failing over, an administrator's one-time code when neither can be reached
   up     start everything, enroll the demo person, leave it running (described in
          .demo/stack.json, logs in .demo/up/)
   down   stop what `up` started
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "command", nargs="?", default="run", choices=("run", "up", "down", "call", "serve")
+        "command", nargs="?", default="run", choices=("run", "pair", "up", "down", "call", "serve")
     )
     parser.add_argument("action", nargs="?", choices=("verify", "status", "lock"))
     args = parser.parse_args(argv)
@@ -36,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("`call` takes one of verify, status, lock (and only `call` takes one)")
     # A plain `kill` must also stop what was started: exit through the `finally` blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from demo import background, scenarios
+    from demo import background, pair, scenarios
 
     actions = {
         "run": scenarios.run_demo,
+        "pair": pair.run_pair,
         "up": background.up,
         "down": background.down,
         "call": lambda: background.call(args.action),

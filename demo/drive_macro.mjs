@@ -4,18 +4,20 @@
  * a person at the device would see, step by step.
  *
  * As a script (used by `python -m demo`): the first stdin line is the device:
- * - `{"serial", "connectorUrl", "deviceKey", "allowInsecureHttps"}` runs macro/faceid.js with these
- *   settings (over whatever its SETTINGS say);
+ * - `{"serial", "connectorUrls": [url, ...], "deviceKey", "allowInsecureHttps"}` runs
+ *   macro/faceid.js with these settings (over whatever its SETTINGS say);
  * - `{"serial", "macroPath": "/abs/path/faceid.js", "allowInsecureHttps"}` runs that file with NO
- *   settings given: it runs on the SETTINGS written in it (connectorUrl, deviceKey, pushId...), as
- *   on the device; connectorUrl and deviceKey may be left out (and are ignored if given).
+ *   settings given: it runs on the SETTINGS written in it (connectorUrls, deviceKey, pushId...), as
+ *   on the device; connectorUrls and deviceKey may be left out (and are ignored if given).
  *   allowInsecureHttps (default false) is then only the device's
  *   `xConfiguration HttpClient AllowInsecureHTTPS`.
  * It answers `{"ready": true, "screen", "report": {"http", "answer"}}` once the macro has locked
  * the screen and reported in (its signed POST /v1/status; `http.error` or a non-200 status when
- * that failed). Each further line is one action `{"press": "login" | "lock" | "enroll"}` or
- * `{"type": "Name"}` (the name asked for by "Update my photo"). One JSON line answers each: what
- * the screen shows afterwards, the connector answer behind it and how long it took. The macro's
+ * that failed). Each further line is one action `{"press": "login" | "lock" | "enroll" | "code"}`,
+ * `{"type": "Name"}` (the name asked for by "Update my photo") or `{"code": "1234 5678"}` (an
+ * unlock code typed into "Use a code", checked by the macro with no network). One JSON line
+ * answers each: what the screen shows afterwards, the connector answer behind it (`http.url`
+ * names the connector that gave it) and how long it took. The macro's
  * console goes to stderr. The connector's certificate is checked against Node's CA list: start it
  * with NODE_EXTRA_CA_CERTS=<its CA>.
  *
@@ -23,7 +25,9 @@
  */
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
-import { fake, importMacro, lockState, LOCKED, UNLOCKED } from '../macro/testing/harness.mjs';
+import {
+  fake, importMacro, lockState, LOCKED, UNLOCKED, UNLOCKED_BY_CODE,
+} from '../macro/testing/harness.mjs';
 
 const bundled = await importMacro();
 /** The macro running now: the bundled one, or the copy named by macroPath. */
@@ -31,7 +35,7 @@ let macro = bundled;
 const ACTION_TIMEOUT_MS = 60_000;
 const POLL_MS = 5;
 
-/** Every HttpClient Post the macro made: path, status, X-Request-Id, parsed body, duration. */
+/** Every HttpClient Post the macro made: connector, path, status, X-Request-Id, body, duration. */
 const exchanges = [];
 
 function header(headers, name) {
@@ -52,7 +56,8 @@ function recordExchanges() {
   const post = fake.http.post.bind(fake.http);
   fake.http.post = async (args, body) => {
     const started = performance.now();
-    const entry = { path: new URL(args.Url).pathname, done: false };
+    const { origin, pathname } = new URL(args.Url);
+    const entry = { url: origin, path: pathname, done: false };
     exchanges.push(entry);
     try {
       const result = await post(args, body);
@@ -81,13 +86,13 @@ let wrapped = false;
 
 /**
  * A factory-fresh device with HttpClient on, the given serial, real network, and a macro started:
- * macro/faceid.js with {connectorUrl, deviceKey (base64url), allowInsecureHttps}, or, given
+ * macro/faceid.js with {connectorUrls, deviceKey (base64url), allowInsecureHttps}, or, given
  * macroPath, that file on its own SETTINGS. Self-signed connectors need both the macro setting and
  * the device configuration, as on RoomOS. Resolves once the macro reported in (or failed to):
  * {http, answer} of its POST /v1/status.
  */
 export async function bootDevice({
-  connectorUrl, deviceKey, serial, allowInsecureHttps = false, macroPath = null,
+  connectorUrls, deviceKey, serial, allowInsecureHttps = false, macroPath = null,
 }) {
   macro.stop();
   macro = macroPath === null ? bundled : await importMacro('pushed', macroPath);
@@ -100,7 +105,7 @@ export async function bootDevice({
   fake.setStatus('SystemUnit Hardware Module SerialNumber', serial);
   fake.http.useNetwork();
   await macro.start(macroPath === null
-    ? { connectorUrl, deviceKey, allowInsecureHttps, requestTimeoutSeconds: 25 }
+    ? { connectorUrls, deviceKey, allowInsecureHttps, requestTimeoutSeconds: 25 }
     : {});
   await until(() => exchanges.every((entry) => entry.done) && exchangeSince(0, '/v1/status'),
     'report-in from the macro (its log says why)');
@@ -125,7 +130,7 @@ export function screenNow() {
       !state.panels.includes(PANELS.logout.id));
   let lock = 'partly locked';
   if (locked) lock = 'locked';
-  else if (same(state, UNLOCKED)) lock = 'unlocked';
+  else if (same(state, UNLOCKED) || same(state, UNLOCKED_BY_CODE)) lock = 'unlocked';
   return { lock, alert: fake.lastAlert() ?? null, panels: state.panels };
 }
 
@@ -133,6 +138,7 @@ export function screenNow() {
 function summary(exchange) {
   return {
     http: exchange && {
+      url: exchange.url,
       path: exchange.path,
       status: exchange.status,
       request_id: exchange.requestId,
@@ -156,14 +162,16 @@ function finalAlertSince(count) {
   return alerts().slice(count).some((entry) => entry.args.Duration > 0);
 }
 
+/** The last exchange done for `path` since `count`: after a fail-over, the one that answered. */
 function exchangeSince(count, path) {
-  return exchanges.slice(count).find((entry) => entry.path === path && entry.done);
+  return exchanges.slice(count).filter((entry) => entry.path === path && entry.done).pop();
 }
 
 /**
  * Do what a person does and wait until the screen shows the outcome:
- * {press: 'login' | 'lock' | 'enroll'} or {type: name}. Returns the screen afterwards, the
- * connector answer the macro acted on (if any) and the milliseconds from the tap to the outcome.
+ * {press: 'login' | 'lock' | 'enroll' | 'code'}, {type: name} or {code: digits}. Returns the
+ * screen afterwards, the connector answer the macro acted on (if any) and the milliseconds from
+ * the tap to the outcome.
  */
 export async function perform(action) {
   const { PANELS } = macro;
@@ -178,15 +186,21 @@ export async function perform(action) {
     fake.emit('UserInterface Message TextInput Response',
       { FeedbackId: 'faceid_enroll_name', Text: action.type });
     done = () => finalAlertSince(shown);
+  } else if (action.code !== undefined) {
+    fake.emit('UserInterface Message TextInput Response',
+      { FeedbackId: 'faceid_unlock_code', Text: String(action.code) });
+    done = () => finalAlertSince(shown);
   } else if (action.press === 'login' || action.press === 'lock') {
     path = action.press === 'login' ? '/v1/verify' : '/v1/lock';
     const panel = action.press === 'login' ? PANELS.login : PANELS.logout;
     fake.emit('UserInterface Extensions Panel Clicked', { PanelId: panel.id });
     // A lock is also reported to the connector after the screen changed: wait for that too.
     done = () => finalAlertSince(shown) && (action.press === 'login' || exchangeSince(sent, path));
-  } else if (action.press === 'enroll') {
-    fake.emit('UserInterface Extensions Panel Clicked', { PanelId: PANELS.enroll.id });
-    done = () => fake.commandsTo('UserInterface Message TextInput Display').length > inputs;
+  } else if (action.press === 'enroll' || action.press === 'code') {
+    fake.emit('UserInterface Extensions Panel Clicked', { PanelId: PANELS[action.press].id });
+    // The dialog opens, or (for a code: while wrong codes make the person wait) a message says why.
+    done = () => fake.commandsTo('UserInterface Message TextInput Display').length > inputs ||
+      finalAlertSince(shown);
   } else {
     throw new Error(`unknown action ${JSON.stringify(action)}`);
   }

@@ -54,16 +54,22 @@ def fresh_folder(path: Path) -> Path:
     return path
 
 
-def launch(workdir: Path) -> Launched:
+def launch(workdir: Path, **pair: Any) -> Launched:
     """Start the stack in `workdir` with the demo's frames (DEMO_PHOTOS=folder: your own photos)
-    and warm up the function; the caller stops it."""
+    and warm up the function; the caller stops it. `pair`: start_stack's store_url,
+    store_password_ref, connectors and policy (`python -m demo pair`); without them one
+    connector on SQLite, with the web console (which one connector serves)."""
     photos = os.environ.get("DEMO_PHOTOS")
     frames = demo_frames(workdir / "frames", Path(photos) if photos else None)
-    with step("Starting the comparison function, the device simulator and the connector"):
-        stack = start_stack(workdir / "stack", images=frames.enrolled, console=True)
+    connectors = pair.get("connectors", 1)
+    what = "the connector" if connectors == 1 else f"{connectors} connectors"
+    with step(f"Starting the comparison function, the device simulator and {what}"):
+        stack = start_stack(
+            workdir / "stack", images=frames.enrolled, console=connectors == 1, **pair
+        )
     try:
-        assert stack.console_admin is not None
-        say(console_line(stack.console_url, *stack.console_admin))
+        if stack.console_admin is not None:
+            say(console_line(stack.console_url, *stack.console_admin))
         with step("Warming up the comparison function (its first comparison)"):
             warm_up(stack, frames.enrolled)
     except BaseException:

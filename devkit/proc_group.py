@@ -31,6 +31,17 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def child_pids(pid: int) -> list[int]:
+    """Living children of `pid`, whatever their group (PostgreSQL's each lead one of their own)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def group_rss_bytes(pgid: int) -> int:
     """Resident memory of every living member of the group, summed (VmRSS)."""
     total = 0

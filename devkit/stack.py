@@ -6,6 +6,10 @@ Simulators run one process per device, all devices in one process (shared_simula
 as threads of the caller (in_process=True): fifty devices then cost fifty sockets instead of fifty
 interpreters. Each process writes its output to WORKDIR/NAME.stdout.log and .stderr.log.
 
+With connectors=N (and a PostgreSQL store: store_url, store_password_ref) N connectors serve the
+same devices from one database, as a redundant pair does: the same configuration but for the
+listening port (WORKDIR/faceid.toml, faceid-2.toml, ...); Stack.connectors lists them.
+
 With console=True the connector also serves the administrators' web console ([admin_ui]) on a
 port of its own, with one administrator whose password is made for the run (Stack.console_admin).
 
@@ -30,6 +34,7 @@ from typing import Any
 import requests
 
 from connector.console.auth import new_password_hash
+from connector.secretref import resolve_secret
 from connector.store import Store
 from devkit.certs import self_signed_identity
 from devkit.macro_client import send
@@ -108,10 +113,17 @@ class Stack:
     #: console=True: the console's URL, and the (name, password) that logs in to it.
     console_url: str = ""
     console_admin: tuple[str, str] | None = field(default=None, repr=False)
+    #: connectors=N: the second to the Nth connector (`connector` is the first).
+    peers: list[ServerProcess] = field(default_factory=list)
 
     @property
     def connector_url(self) -> str:
         return self.connector.url or ""
+
+    @property
+    def connectors(self) -> list[ServerProcess]:
+        """Every connector, the first (`connector`) first."""
+        return [self.connector, *self.peers]
 
     @property
     def function_url(self) -> str:
@@ -157,18 +169,23 @@ class Stack:
             log_prefix=log_prefix,
         ).start()
 
-    def restart_connector(self, log_name: str) -> None:
-        """Start the connector again as a supervisor would (same command, environment,
-        configuration and store) once the old one is gone; its output goes to
+    def restart_connector(self, log_name: str, index: int = 0) -> None:
+        """Start connector `index` (of `connectors`) again as a supervisor would (same command,
+        environment, configuration and store) once the old one is gone; its output goes to
         WORKDIR/LOG_NAME.*.log."""
-        old = self.connector
+        old = self.connectors[index]
         new = ServerProcess(old.argv, env=old.env, url=old.url, log_prefix=self.workdir / log_name)
-        self.connector = new.start()
-        _wait_https(new, f"{self.connector_url}/healthz", self.ca_path)
+        new.start()
+        if index == 0:
+            self.connector = new
+        else:
+            self.peers[index - 1] = new
+        _wait_https(new, f"{new.url}/healthz", self.ca_path)
 
     def processes(self) -> dict[str, ServerProcess]:
         """Every process this stack started, by name (a shared simulator process appears once)."""
         named = {"function": self.function, "connector": self.connector}
+        named.update({f"connector-{i}": proc for i, proc in enumerate(self.peers, 2)})
         named.update({f"extra-{i}": proc for i, proc in enumerate(self.extra)})
         for device in self.devices:
             if device.process is not None and device.process not in named.values():
@@ -200,6 +217,9 @@ def _write_private(path: Path, data: bytes) -> None:
 def _config_text(
     *,
     port: int,
+    connector_urls: list[str],
+    store_url: str,
+    store_password_ref: str,
     function_url: str,
     devices: list[SimDevice],
     policy: Mapping[str, float],
@@ -223,7 +243,8 @@ def _config_text(
         f"timeout_s = {function_timeout_s}",
         "",
         "[store]",
-        'path = "faceid.db"',
+        *([f'url = "{store_url}"', f'password = "{store_password_ref}"'] if store_url else []),
+        *([] if store_url else ['path = "faceid.db"']),
         'key = "file:store.key"',
         "",
         "[policy]",
@@ -243,7 +264,7 @@ def _config_text(
             f'tls = {{ fingerprint_sha256 = "{device.fingerprint}" }}',
             "",
         ]
-    lines += ["[provisioning]", f'connector_url = "https://127.0.0.1:{port}"', ""]
+    lines += ["[provisioning]", f"connector_urls = {json.dumps(connector_urls)}", ""]
     if console_port is not None:
         lines += [
             "[admin_ui]",
@@ -274,6 +295,9 @@ def start_stack(
     route_function: Callable[[str], str] | None = None,
     extra_keys: Mapping[str, bytes] | None = None,
     console: bool = False,
+    store_url: str = "",
+    store_password_ref: str = "",
+    connectors: int = 1,
 ) -> Stack:
     """Start everything; on any failure, stop what was started and raise with its output.
     `policy` and `device_defaults` add fields to those tables of the configuration (e.g.
@@ -281,7 +305,13 @@ def start_stack(
     keys (by serial).
     `sim_args` apply to simulator processes only. `route_function` maps the function's URL to
     the one written in the connector's configuration (a measuring proxy, for instance).
-    `console`: the web console too, on 127.0.0.1 (module docstring)."""
+    `console`: the web console too, on 127.0.0.1 (module docstring).
+    `store_url`, `store_password_ref`: [store] url and password (PostgreSQL), else SQLite in
+    WORKDIR/faceid.db; `connectors`: how many serve (more than one needs store_url)."""
+    if connectors > 1 and not store_url:
+        raise ValueError("several connectors share one store: give store_url (PostgreSQL)")
+    if connectors > 1 and console:
+        raise ValueError("console=True serves the console from a single connector")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[ServerProcess] = []
@@ -347,47 +377,67 @@ def start_stack(
         register_secret("store key", store_key)
         _write_private(workdir / "store.key", base64.b64encode(store_key))
         keys = {**{d.serial: d.key for d in sims}, **(extra_keys or {})}
-        _store_device_keys(workdir / "faceid.db", store_key, keys)
-        console_admin = _add_console_admin(workdir / "faceid.db", store_key) if console else None
-        port = free_port()
-        console_port = next(p for p in iter(free_port, None) if p != port) if console else None
-        config_path = workdir / "faceid.toml"
-        config_path.write_text(
-            _config_text(
-                port=port,
-                function_url=(route_function or str)(function.url or ""),
-                devices=sims,
-                policy={
-                    **(policy or {}),
-                    **({"threshold": threshold} if threshold is not None else {}),
-                },
-                function_timeout_s=function_timeout_s,
-                extra_toml=extra_toml,
-                device_defaults=device_defaults or {},
-                console_port=console_port,
+        store = _open_store(workdir, store_key, store_url, store_password_ref)
+        try:
+            for serial, device_key in keys.items():  # what `admin add-device` does for each
+                store.set_device_key(serial, device_key)
+            console_admin = _add_console_admin(store) if console else None
+        finally:
+            store.close()
+        ports: list[int] = []  # one per connector, then the console's: all different
+        while len(ports) < connectors + (1 if console else 0):
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        console_port = ports[-1] if console else None
+        urls = [f"https://127.0.0.1:{p}" for p in ports[:connectors]]
+        config_paths = [workdir / "faceid.toml"]
+        config_paths += [workdir / f"faceid-{i}.toml" for i in range(2, connectors + 1)]
+        for port, config_path in zip(ports[:connectors], config_paths, strict=True):
+            config_path.write_text(
+                _config_text(
+                    port=port,
+                    connector_urls=urls,
+                    store_url=store_url,
+                    store_password_ref=store_password_ref,
+                    function_url=(route_function or str)(function.url or ""),
+                    devices=sims,
+                    policy={
+                        **(policy or {}),
+                        **({"threshold": threshold} if threshold is not None else {}),
+                    },
+                    function_timeout_s=function_timeout_s,
+                    extra_toml=extra_toml,
+                    device_defaults=device_defaults or {},
+                    console_port=console_port,
+                )
             )
-        )
-        connector = ServerProcess(
-            [sys.executable, "-m", "connector", "--config", str(config_path), "serve"],
-            env={"FACEID_DEVICE_PASSWORD": password, **(connector_env or {})},
-            url=f"https://127.0.0.1:{port}",
-            log_prefix=workdir / "connector",
-        ).start()
-        started.append(connector)
-        _wait_https(connector, f"https://127.0.0.1:{port}/healthz", workdir / "connector.crt")
+        serving: list[ServerProcess] = []
+        for number, (url, config_path) in enumerate(zip(urls, config_paths, strict=True), 1):
+            serving.append(
+                ServerProcess(
+                    [sys.executable, "-m", "connector", "--config", str(config_path), "serve"],
+                    env={"FACEID_DEVICE_PASSWORD": password, **(connector_env or {})},
+                    url=url,
+                    log_prefix=workdir / ("connector" if number == 1 else f"connector-{number}"),
+                ).start()
+            )
+            started.append(serving[-1])
+        for connector in serving:  # started together: they migrate the schema in turn
+            _wait_https(connector, f"{connector.url}/healthz", workdir / "connector.crt")
         console_url = f"https://127.0.0.1:{console_port}" if console_port else ""
         if console_url:
-            _wait_https(connector, f"{console_url}/login", workdir / "connector.crt")
+            _wait_https(serving[0], f"{console_url}/login", workdir / "connector.crt")
         return Stack(
             workdir,
             function,
-            connector,
+            serving[0],
             sims,
-            config_path,
+            config_paths[0],
             workdir / "connector.crt",
             device_admin_ref=f"file:{workdir / 'device-admin.password'}",
             console_url=console_url,
             console_admin=console_admin,
+            peers=serving[1:],
         )
     except BaseException:
         for proc in reversed(started):
@@ -397,25 +447,19 @@ def start_stack(
         raise
 
 
-def _store_device_keys(path: Path, store_key: bytes, keys: Mapping[str, bytes]) -> None:
-    """What `admin add-device` does for each device: its key, encrypted in the store."""
-    store = Store.open(path, store_key)
-    try:
-        for serial, key in keys.items():
-            store.set_device_key(serial, key)
-    finally:
-        store.close()
+def _open_store(workdir: Path, store_key: bytes, url: str, password_ref: str) -> Store:
+    """The stack's store, as the connector will open it: PostgreSQL at `url`, else SQLite."""
+    if not url:
+        return Store.open(workdir / "faceid.db", store_key)
+    password = resolve_secret(password_ref, "store.password") if password_ref else None
+    return Store.open(url, store_key, password=password)
 
 
-def _add_console_admin(path: Path, store_key: bytes) -> tuple[str, str]:
+def _add_console_admin(store: Store) -> tuple[str, str]:
     """What `admin add-admin` does: the console's administrator, with a password for this run."""
     password = secrets.token_urlsafe(12)
     register_secret("console admin password", password)
-    store = Store.open(path, store_key)
-    try:
-        store.add_admin(CONSOLE_ADMIN, new_password_hash(password))
-    finally:
-        store.close()
+    store.add_admin(CONSOLE_ADMIN, new_password_hash(password))
     return CONSOLE_ADMIN, password
 
 

@@ -13,8 +13,9 @@ import xapi from 'xapi';
 
 // Settings. Anything written here can be read by the device's administrators.
 const SETTINGS = {
-  // Base URL of the connector: scheme, host and port only.
-  connectorUrl: 'https://connector.example:8443',
+  // Base URLs of the connectors: scheme, host and port only; 1 to 4, the first preferred. The
+  // next one is tried only when one cannot be reached or answers 5xx, never when it refuses.
+  connectorUrls: ['https://connector.example:8443'],
   // This device's key (43 characters, base64url), written by `admin provision` (by hand: printed
   // once by `admin rotate-key --manual`). It signs requests and checks answers; it is never
   // sent. Empty or not a 32-byte key: the screen stays locked.
@@ -23,7 +24,7 @@ const SETTINGS = {
   // device (`xCommand Security Certificates CA Add`). true skips the certificate check instead:
   // lab use only; the device also needs `xConfiguration HttpClient AllowInsecureHTTPS: True`.
   allowInsecureHttps: false,
-  // Lab use only: true allows an http:// connectorUrl (signed, but readable by anyone on the way).
+  // Lab use only: true allows http:// connectorUrls (signed, but readable by anyone on the way).
   allowPlainHttp: false,
   // Lock again after this many seconds without interaction (never during a call).
   relockIdleSeconds: 600,
@@ -59,6 +60,8 @@ export const MESSAGES = {
   badSignature: 'The answer could not be verified (bad signature). The screen stays locked.',
   wrongDevice: 'The answer was meant for another device. The screen stays locked.',
   staleAnswer: 'The answer was for an earlier attempt. Try again.',
+  failedOver: 'The face login service switched to its other server during this attempt. ' +
+    'The screen stays locked: try again.',
   expiredAnswer: 'The answer arrived too late (check the device clock). Try again.',
   futureAnswer: 'The answer is dated in the future (check the device clock). Try again.',
   failed: 'Face login failed. The screen stays locked.',
@@ -67,6 +70,17 @@ export const MESSAGES = {
   badName: 'A name is 1 to 64 characters, without / or \\. Nothing was changed.',
   enrollTitle: 'Update my photo',
   enrollText: 'Type your name, then look at the camera.',
+  // "Use a code": {tries} and {minutes} are filled in.
+  codeTitle: 'Use a code',
+  codeText: 'Type the 8-digit unlock code your administrator gave you.',
+  codeFormat: 'An unlock code is 8 digits. Nothing was checked: try again.',
+  codeWrong: 'Wrong code. Wrong codes left before a wait: {tries}.',
+  codeWrongWait: 'Wrong code. Too many wrong codes: try a code again in {minutes} min.',
+  codeWaiting: 'Too many wrong codes. Try a code again in {minutes} min.',
+  codeUsed: 'This code was already used. Ask your administrator for a new one.',
+  codeClockBack: 'The device clock went back. No code was checked: try again later or ask your ' +
+    'administrator.',
+  codeUnlocked: 'Unlocked with an unlock code.',
 };
 
 // =============================================================================================
@@ -86,8 +100,29 @@ const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 const MESSAGE_DURATION_S = 10;
 const NO_CONNECTION_ATTEMPTS = 5;
 const NO_CONNECTION_RETRY_MS = 1000;
+const MAX_CONNECTORS = 4;
+const CONNECTOR_URL = /^https?:\/\/[^\s/?#]+$/;
+// A connector that could not be reached (or answered 5xx) is tried after the others for this long.
+const FAILED_CONNECTOR_LAST_MS = 60000;
 const PROGRESS_TICK_MS = 1000;
 const ENROLL_FEEDBACK_ID = 'faceid_enroll_name';
+const CODE_FEEDBACK_ID = 'faceid_unlock_code';
+// Unlock codes (`admin unlock-code`, docs/macro.md "Use a code"): valid until the end of a 5-minute
+// step, issued for at most 720 minutes, clocks may differ by 120 s.
+const CODE_CONTEXT = 'FACEID-UNLOCK-CODE-V1';
+const CODE_STEP_S = 300;
+const CODE_MAX_MINUTES = 720;
+const CODE_DIGITS = 8;
+const CODE_GRACE_S = 120;
+// Wrong codes: the 5th starts a wait of 300 s; each one after a wait doubles it, up to a day. The
+// wait is a timer, not a time on the device clock: whoever sets the clock cannot end it.
+const CODE_FREE_TRIES = 5;
+const CODE_FIRST_WAIT_S = 300;
+const CODE_MAX_WAIT_S = 86400;
+const CODE_EVENTS_PATH = '/v1/code-events';
+const CODE_EVENTS_KEPT = 50;
+const CODE_EVENTS_PER_REPORT = 20;
+const CODE_EVENTS_RETRY_MS = 60000;
 const VERDICTS = ['match', 'no_match', 'error'];
 const LOCKING_STANDBY_STATES = ['EnteringStandby', 'Standby', 'Halfwake'];
 
@@ -97,6 +132,7 @@ export const PANELS = {
   logout: { id: 'faceid_logout', order: 2, icon: 'Power', color: '#A12830', name: 'Lock screen' },
   enroll: { id: 'faceid_enroll', order: 3, icon: 'Info', color: '#1170CF',
     name: 'Update my photo' },
+  code: { id: 'faceid_code', order: 4, icon: 'Helpdesk', color: '#6F5BA7', name: 'Use a code' },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -251,7 +287,46 @@ export function checkVerifyAnswer(answer, expected) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Runtime state. Nothing here survives a restart, and nothing needs to: start() always locks.
+// Unlock codes: `admin unlock-code` derives an 8-digit code from the device key, the serial and the
+// step its validity ends in (HMAC-SHA256, truncated as in RFC 4226); the macro checks it here with
+// no network. Nothing about a code is stored anywhere: the key and the clock give it back.
+
+/** The code of `serial` whose validity ends at step `step` (Unix seconds / 300). */
+export function unlockCode(key, serial, step) {
+  const mac = hmacSha256(key, `${CODE_CONTEXT}\n${serial}\n${step}`);
+  const off = mac[31] & 0x0f;
+  const bin = ((mac[off] & 0x7f) << 24) | (mac[off + 1] << 16) | (mac[off + 2] << 8) | mac[off + 3];
+  return String(bin % 10 ** CODE_DIGITS).padStart(CODE_DIGITS, '0');
+}
+
+/** The steps a code typed at `nowS` may end in: not yet expired, at most 720 minutes ahead. */
+export function codeSteps(nowS) {
+  return {
+    first: Math.ceil((nowS - CODE_GRACE_S) / CODE_STEP_S),
+    last: Math.floor((nowS + CODE_MAX_MINUTES * 60 + CODE_STEP_S + CODE_GRACE_S) / CODE_STEP_S),
+  };
+}
+
+/** The 8 digits of a typed code (spaces and dashes dropped), or null. */
+export function cleanCode(text) {
+  const digits = typeof text === 'string' ? text.replace(/[\s-]/g, '') : '';
+  return new RegExp(`^[0-9]{${CODE_DIGITS}}$`).test(digits) ? digits : null;
+}
+
+/** The steps of the window at `nowS` whose code is `digits`: almost always none or one. */
+export function matchingSteps(key, serial, digits, nowS) {
+  const { first, last } = codeSteps(nowS);
+  const found = [];
+  for (let step = first; step <= last; step++) {
+    if (sameText(unlockCode(key, serial, step), digits)) found.push(step);
+  }
+  return found;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime state. Nothing here survives a restart (the device has no storage for macros), and
+// the lock needs nothing of it: start() always locks. What a restart forgets about unlock codes is
+// said in docs/macro.md.
 
 let settings = SETTINGS;
 let state = freshState();
@@ -269,6 +344,19 @@ function freshState() {
     queue: Promise.resolve(),
     uiQueue: Promise.resolve(),
     unsubscribe: [],
+    // Connector URL → Date.now() when it last could not be reached or answered 5xx.
+    failedAt: {},
+    codes: {
+      used: [], // steps whose code unlocked, until they expire
+      wrong: 0,
+      lastWaitS: 0,
+      waitTimer: null, // pending during a wait after wrong codes: only it ends the wait
+      waitUntilMs: 0, // device clock at the start of the wait + its length: for the message only
+      highWaterS: 0, // the latest device clock (Unix s) read for codes: it never goes back
+      pending: [], // events not yet acknowledged by a connector
+      sending: false,
+      retryTimer: null,
+    },
   };
 }
 
@@ -287,19 +375,28 @@ function setupProblem() {
     return { log: 'deviceKey in SETTINGS is not a 43-character base64url key (32 bytes)',
       message: MESSAGES.notConfigured };
   }
-  if (!/^https?:\/\/[^\s/?#]+$/.test(settings.connectorUrl)) {
-    return { log: 'connectorUrl in SETTINGS is not http(s)://host[:port]',
-      message: MESSAGES.notConfigured };
+  const urls = settings.connectorUrls;
+  if (urls.length < 1 || urls.length > MAX_CONNECTORS || new Set(urls).size !== urls.length ||
+      !urls.every((url) => CONNECTOR_URL.test(url))) {
+    return { log: `connectorUrls in SETTINGS is not a list of 1 to ${MAX_CONNECTORS} different ` +
+      'http(s)://host[:port]', message: MESSAGES.notConfigured };
   }
-  if (settings.connectorUrl.startsWith('http:') && !settings.allowPlainHttp) {
-    return { log: 'connectorUrl in SETTINGS is http:// and allowPlainHttp is false: refused',
-      message: MESSAGES.plainHttp };
+  const plain = urls.find((url) => url.startsWith('http:'));
+  if (plain !== undefined && !settings.allowPlainHttp) {
+    return { log: `connectorUrls in SETTINGS has ${plain}: http:// and allowPlainHttp is false: ` +
+      'refused', message: MESSAGES.plainHttp };
   }
   return null;
 }
 
 function configured() {
   return setupProblem() === null;
+}
+
+/** A message of MESSAGES with its {name} places filled in from `values`. */
+function fill(text, values) {
+  return text.replace(/\{(\w+)\}/g,
+    (place, name) => (name in values ? String(values[name]) : place));
 }
 
 function sleep(ms) {
@@ -393,7 +490,7 @@ async function hideMenus() {
 
 async function applyLockedUi() {
   await hideMenus();
-  await showPanels({ login: true, logout: false, enroll: state.offerFirstEnroll });
+  await showPanels({ login: true, code: true, enroll: state.offerFirstEnroll });
 }
 
 /** Lock the screen. Always re-applies everything: the macro never trusts what it remembers. */
@@ -440,7 +537,11 @@ function isStatusAnswer(body) {
     typeof body.locked_out_for_s === 'number';
 }
 
-async function unlock(person, greeting) {
+/**
+ * Show the UI. `enroll`: offer "Update my photo", which needs the unlocked session the connector
+ * opened with its match (an unlock code opens none).
+ */
+async function unlock(person, greeting, enroll) {
   const mine = generation;
   const current = () => generation === mine;
   state.unlocked = true;
@@ -452,7 +553,7 @@ async function unlock(person, greeting) {
     await attempt('showing the settings menu', () =>
       xapi.Config.UserInterface.SettingsMenu.Visibility.set('Auto'));
     if (!current()) return false;
-    await showPanels({ login: false, logout: true, enroll: true });
+    await showPanels({ logout: true, enroll });
     return current();
   });
   if (!done) return;
@@ -584,14 +685,32 @@ function rejectedStatus(err) {
   return Number.isInteger(status) ? status : null;
 }
 
-function failure(err) {
+/**
+ * A reason to try the next connector: no HTTP answer at all (down, unreachable, TLS, timeout) or
+ * a 5xx (the connector or its front failed). Any other answer, a refusal above all, ends the call.
+ */
+function connectorDown(err) {
+  const status = rejectedStatus(err);
+  return status === null || status >= 500;
+}
+
+/** What went wrong at `url`, for the log: the URL is scheme, host and port only (no secret). */
+function failureText(url, err) {
+  const status = rejectedStatus(err);
+  return status === null ? `connector ${url} unreachable: ${errorText(err)}`
+    : `connector ${url} answered HTTP ${status}`;
+}
+
+/** failedOver: an earlier connector was down for this request. A 401 from the next one then
+ * most likely says it was replayed (the first got it before it went down): try again, a new
+ * request. Only the words differ: nothing is unlocked on an error. */
+function failure(err, failedOver = false) {
   if (isNoConnection(err)) return { ok: false, code: 'busy', message: MESSAGES.busy };
   const status = rejectedStatus(err);
-  if (status === null) {
-    log(`connector unreachable: ${errorText(err)}`);
-    return { ok: false, code: 'unreachable', message: MESSAGES.unreachable };
+  if (status === null) return { ok: false, code: 'unreachable', message: MESSAGES.unreachable };
+  if (status === 401 && failedOver) {
+    return { ok: false, code: 'failed_over', message: MESSAGES.failedOver };
   }
-  log(`connector answered HTTP ${status}`);
   if (status === 401 || status === 403) {
     return { ok: false, code: 'unauthorized', message: MESSAGES.unauthorized };
   }
@@ -599,45 +718,95 @@ function failure(err) {
   return { ok: false, code: 'service_error', message: MESSAGES.serviceError };
 }
 
-/** One signed request: a fresh nonce and timestamp each time, even for a retry. */
+/**
+ * One signed request (one nonce, one ts) for one call of post(), whichever connectors it goes to:
+ * they share one replay cache, so one that already got it refuses it as replayed, and no attempt
+ * is ever counted twice. params(url) are the HttpClient parameters for the connector at `url`.
+ */
 function signedRequest(path, serial, body) {
   const request = {
     method: 'POST', path, serial, ts: Math.floor(Date.now() / 1000), nonce: makeNonce(), body,
   };
+  const header = [
+    'Content-Type: application/json',
+    'Accept: application/json',
+    `Authorization: ${authorization(settings.key, request)}`,
+  ];
   return {
     nonce: request.nonce,
-    params: {
-      Url: settings.connectorUrl + path,
-      Header: [
-        'Content-Type: application/json',
-        'Accept: application/json',
-        `Authorization: ${authorization(settings.key, request)}`,
-      ],
+    params: (url) => ({
+      Url: url + path,
+      Header: header,
       AllowInsecureHTTPS: settings.allowInsecureHttps ? 'True' : 'False',
       ResultBody: 'PlainText',
       Timeout: settings.requestTimeoutSeconds,
-    },
+    }),
   };
 }
 
-/** {ok: true, body, nonce} for a verified answer; {ok: false, code, message} otherwise. */
-async function postNow(path, payload) {
-  const body = asciiJson(payload);
+/** The connector URLs in the order to try now: as configured, those failed lately last. */
+function connectorOrder() {
+  const now = Date.now();
+  const failedLately = (url) => state.failedAt[url] !== undefined &&
+    now - state.failedAt[url] < FAILED_CONNECTOR_LAST_MS;
+  const urls = settings.connectorUrls;
+  return urls.filter((url) => !failedLately(url)).concat(urls.filter(failedLately));
+}
+
+/**
+ * The signed request to one connector: {response} or {error}. "No available http connections"
+ * means the request never left the device: it is tried again, the same request, a few times.
+ */
+async function sendTo(url, request, body) {
   const deadlineMs = (settings.requestTimeoutSeconds + 5) * 1000;
   for (let tries = 1; ; tries++) {
-    const request = signedRequest(path, payload.serial, body);
-    let response;
     try {
-      response = await withDeadline(xapi.Command.HttpClient.Post(request.params, body), deadlineMs);
+      const pending = xapi.Command.HttpClient.Post(request.params(url), body);
+      return { response: await withDeadline(pending, deadlineMs) };
     } catch (err) {
-      if (!isNoConnection(err) || tries >= NO_CONNECTION_ATTEMPTS) return failure(err);
+      if (!isNoConnection(err) || tries >= NO_CONNECTION_ATTEMPTS) return { error: err };
       await sleep(NO_CONNECTION_RETRY_MS);
-      continue;
     }
-    const answer = openAnswer(settings.key, request.nonce, response);
-    if (!answer.ok) log(`answer from ${path} refused (${answer.code})`);
-    return Object.assign(answer, { nonce: request.nonce });
   }
+}
+
+/**
+ * {ok: true, body, nonce} for a verified answer; {ok: false, code, message} otherwise. Goes to the
+ * next connector only when one is down (connectorDown), never when one refuses.
+ */
+async function postNow(path, payload) {
+  const body = asciiJson(payload);
+  const request = signedRequest(path, payload.serial, body);
+  const urls = connectorOrder();
+  let sent = null;
+  let failedOver = false;
+  for (let i = 0; i < urls.length; i++) {
+    const url = urls[i];
+    sent = Object.assign(await sendTo(url, request, body), { failedOver });
+    if (sent.error === undefined) {
+      delete state.failedAt[url];
+      if (url !== settings.connectorUrls[0]) log(`${path} answered by ${url}`);
+      break;
+    }
+    if (isNoConnection(sent.error)) break; // the device's own HTTP client is busy
+    if (!connectorDown(sent.error)) {
+      delete state.failedAt[url];
+      log(failureText(url, sent.error));
+      break;
+    }
+    state.failedAt[url] = Date.now();
+    failedOver = true;
+    const next = urls[i + 1];
+    log(failureText(url, sent.error) + (next === undefined ? '' : `; trying ${next}`));
+  }
+  if (sent.error !== undefined) return failure(sent.error, sent.failedOver);
+  const answer = openAnswer(settings.key, request.nonce, sent.response);
+  if (!answer.ok) log(`answer from ${path} refused (${answer.code})`);
+  // A connector answers again: unlock code events waiting for one go now, not at the next 60 s.
+  if (answer.ok && path !== CODE_EVENTS_PATH && state.codes.pending.length > 0) {
+    reportCodeEvents();
+  }
+  return Object.assign(answer, { nonce: request.nonce });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -695,7 +864,7 @@ function login() {
     });
     log(`verify: ${outcome.unlock ? 'match' : outcome.code}`);
     if (outcome.unlock) {
-      await unlock(outcome.person, outcome.message);
+      await unlock(outcome.person, outcome.message, true);
       return;
     }
     if (outcome.code === 'not_enrolled') {
@@ -753,15 +922,215 @@ function enroll(text) {
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// "Use a code": an administrator's one-time code opens the screen when face login cannot. What it
+// needs to remember lives in state.codes, in memory only: the steps used, the wrong codes and the
+// wait, and the events the connector has not acknowledged yet. Never the code typed.
+
+/** What the macro remembers about unlock codes now (a copy, for tests): never a code. */
+export function codeMemory() {
+  const { used, wrong, lastWaitS, waitTimer, waitUntilMs, highWaterS, pending } = state.codes;
+  return JSON.parse(JSON.stringify({
+    used, wrong, lastWaitS, waiting: waitTimer !== null, waitUntilMs, highWaterS, pending,
+  }));
+}
+
+function minutes(ms) {
+  return Math.max(1, Math.ceil(ms / 60000));
+}
+
+/**
+ * Date.now() for codes. It also raises the latest time seen, so that a clock set back (by anyone
+ * who can answer the device's NTP) is noticed, and never makes a used code new again.
+ */
+function codeClockMs() {
+  const nowMs = Date.now();
+  const codes = state.codes;
+  codes.highWaterS = Math.max(codes.highWaterS, Math.floor(nowMs / 1000));
+  return nowMs;
+}
+
+/** Whether the device clock is now more than the 120 s grace behind the latest time seen. */
+function clockWentBack(nowS) {
+  return nowS < state.codes.highWaterS - CODE_GRACE_S;
+}
+
+/** The waiting message while wrong codes make the person wait; null when codes may be tried. */
+function codeWait() {
+  const codes = state.codes;
+  if (codes.waitTimer === null) return null;
+  // Only a message: the timer decides. A clock moved meanwhile cannot stretch or shrink it.
+  const left = Math.min(Math.max(codes.waitUntilMs - codeClockMs(), 0), codes.lastWaitS * 1000);
+  return fill(MESSAGES.codeWaiting, { minutes: minutes(left) });
+}
+
+/** Why no code can be checked now (a wait, a clock set back); null when one can. */
+function codeBlocker() {
+  const waiting = codeWait();
+  if (waiting !== null) return waiting;
+  return clockWentBack(Math.floor(codeClockMs() / 1000)) ? MESSAGES.codeClockBack : null;
+}
+
+async function askCode() {
+  if (state.unlocked) return;
+  const problem = setupProblem();
+  const blocker = problem !== null ? problem.message : codeBlocker();
+  if (blocker !== null) {
+    await alert(blocker);
+    return;
+  }
+  await attempt('asking for a code', () =>
+    xapi.Command.UserInterface.Message.TextInput.Display({
+      FeedbackId: CODE_FEEDBACK_ID,
+      Title: MESSAGES.codeTitle,
+      Text: MESSAGES.codeText,
+      Placeholder: '8 digits',
+      SubmitText: 'Unlock',
+      InputType: 'PIN', // masked as it is typed
+      KeyboardState: 'Open',
+    }));
+}
+
+/** Check a typed code locally: unlock once per code, count wrong ones, wait after too many. */
+function useCode(text) {
+  return runExclusive(async () => {
+    if (state.unlocked) return;
+    const mine = generation;
+    const waiting = codeWait();
+    if (waiting !== null) {
+      log('unlock code not checked: waiting after wrong codes');
+      await alert(waiting);
+      return;
+    }
+    const digits = cleanCode(text);
+    if (digits === null) {
+      await alert(MESSAGES.codeFormat);
+      return;
+    }
+    const problem = setupProblem();
+    if (problem !== null) {
+      await alert(problem.message);
+      return;
+    }
+    const serial = await readSerial();
+    if (serial === null) {
+      await alert(MESSAGES.noSerial);
+      return;
+    }
+    if (generation !== mine) return; // locked meanwhile: nothing checked
+    const nowS = Math.floor(codeClockMs() / 1000);
+    if (clockWentBack(nowS)) {
+      log('unlock code not checked: the device clock went back');
+      await alert(MESSAGES.codeClockBack);
+      return;
+    }
+    const codes = state.codes;
+    // Forget a used step only once the latest time seen is past it: a clock moved forward and back
+    // again finds it still used (and is refused above until the clock is back where it was).
+    codes.used = codes.used.filter(
+      (step) => step * CODE_STEP_S + 2 * CODE_GRACE_S >= codes.highWaterS);
+    const steps = matchingSteps(settings.key, serial, digits, nowS);
+    if (steps.length === 0) {
+      await wrongCode(codes);
+    } else if (steps.some((step) => codes.used.includes(step))) {
+      log('unlock code refused: already used');
+      await alert(MESSAGES.codeUsed);
+    } else {
+      codes.used.push(...steps);
+      codes.wrong = 0;
+      codes.lastWaitS = 0;
+      queueCodeEvent({ kind: 'used', expires: Math.max(...steps) * CODE_STEP_S });
+      log('unlock code accepted');
+      await unlock('unlock code', MESSAGES.codeUnlocked, false);
+    }
+  });
+}
+
+async function wrongCode(codes) {
+  codes.wrong += 1;
+  if (codes.wrong < CODE_FREE_TRIES) {
+    log(`unlock code refused: wrong (${codes.wrong} of ${CODE_FREE_TRIES} before a wait)`);
+    await alert(fill(MESSAGES.codeWrong, { tries: CODE_FREE_TRIES - codes.wrong }));
+    return;
+  }
+  const waitS = codes.lastWaitS === 0 ? CODE_FIRST_WAIT_S
+    : Math.min(codes.lastWaitS * 2, CODE_MAX_WAIT_S);
+  codes.lastWaitS = waitS;
+  codes.waitUntilMs = codeClockMs() + waitS * 1000;
+  codes.waitTimer = setTimeout(() => {
+    codes.waitTimer = null;
+  }, waitS * 1000);
+  queueCodeEvent({ kind: 'wait', wait_s: waitS, wrong: codes.wrong });
+  log(`unlock code refused: wrong (${codes.wrong} in a row), codes wait ${waitS} s`);
+  await alert(fill(MESSAGES.codeWrongWait, { minutes: minutes(waitS * 1000) }));
+}
+
+/** Keep an event for the connector (the oldest goes beyond 50) and report it at once. */
+function queueCodeEvent(fields) {
+  const codes = state.codes;
+  const event = Object.assign({ id: makeNonce().slice(0, 16) }, fields,
+    { at: Math.floor(codeClockMs() / 1000) });
+  codes.pending.push(event);
+  if (codes.pending.length > CODE_EVENTS_KEPT) {
+    codes.pending.shift();
+    log(`unlock code events: more than ${CODE_EVENTS_KEPT} unreported, the oldest dropped`);
+  }
+  reportCodeEvents();
+}
+
+function reportCodeEvents() {
+  attempt('reporting unlock code events', sendCodeEvents);
+}
+
+/**
+ * Send the pending events (20 at a time) until a signed {"recorded": n} shows a connector has
+ * them; they are dropped only then. Tried again every 60 s, and after any answer a connector
+ * signed (postNow); the connector ignores an id it has.
+ */
+async function sendCodeEvents() {
+  const codes = state.codes;
+  if (codes.sending || codes.pending.length === 0 || !configured()) return;
+  codes.sending = true;
+  const batch = codes.pending.slice(0, CODE_EVENTS_PER_REPORT);
+  let answer = null;
+  try {
+    answer = await postAsDevice(CODE_EVENTS_PATH, { events: batch });
+  } finally {
+    codes.sending = false;
+    if (state.codes === codes) { // not stopped meanwhile: whatever happened, try again later
+      if (codes.retryTimer !== null) clearTimeout(codes.retryTimer);
+      codes.retryTimer = setTimeout(reportCodeEvents, CODE_EVENTS_RETRY_MS);
+    }
+  }
+  if (state.codes !== codes) return;
+  const recorded = answer.ok ? answer.body.recorded : undefined;
+  if (!Number.isSafeInteger(recorded) || recorded < 0) {
+    log(`unlock code events not reported (${answer.ok ? 'malformed_answer' : answer.code}); ` +
+      `again in ${CODE_EVENTS_RETRY_MS / 1000} s`);
+    return;
+  }
+  const sent = batch.map((event) => event.id);
+  codes.pending = codes.pending.filter((event) => !sent.includes(event.id));
+  log(`unlock code events reported (${batch.length} sent, ${recorded} new)`);
+  if (codes.pending.length > 0) {
+    reportCodeEvents();
+  } else {
+    clearTimeout(codes.retryTimer);
+    codes.retryTimer = null;
+  }
+}
+
 function onPanelClicked(event) {
   const id = event && event.PanelId;
   if (id === PANELS.login.id) login();
   else if (id === PANELS.logout.id) lock('logout', MESSAGES.locked);
   else if (id === PANELS.enroll.id) askName();
+  else if (id === PANELS.code.id) askCode();
 }
 
 function onTextInput(event) {
   if (event && event.FeedbackId === ENROLL_FEEDBACK_ID) enroll(event.Text);
+  else if (event && event.FeedbackId === CODE_FEEDBACK_ID) useCode(event.Text);
 }
 
 function onStandby(value) {
@@ -798,7 +1167,9 @@ function normalise(overrides) {
   const timeout = Math.round(Number(merged.requestTimeoutSeconds));
   const idle = Math.round(Number(merged.relockIdleSeconds));
   return Object.freeze({
-    connectorUrl: String(merged.connectorUrl).replace(/\/+$/, ''),
+    connectorUrls: Object.freeze(Array.isArray(merged.connectorUrls)
+      ? merged.connectorUrls.map((url) => String(url).replace(/\/+$/, ''))
+      : []),
     key: deviceKeyBytes(String(merged.deviceKey).trim()),
     allowInsecureHttps: merged.allowInsecureHttps === true,
     allowPlainHttp: merged.allowPlainHttp === true,
@@ -815,6 +1186,8 @@ export function stop() {
   }
   clearIdleTimer();
   stopProgress();
+  if (state.codes.retryTimer !== null) clearTimeout(state.codes.retryTimer);
+  if (state.codes.waitTimer !== null) clearTimeout(state.codes.waitTimer);
   generation += 1;
   state = freshState();
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from devkit import procs
 from devkit.connector_e2e import open_sessions
 from devkit.fakes.mxface import FakeMXFace
 from devkit.photos import write_frames
+from devkit.postgres import PostgresServer, PostgresUnavailable, start_postgres
 from devkit.secrets_used import (
     TALLY,
     Finding,
@@ -36,6 +38,7 @@ from devkit.stack import Stack, start_stack
 from tests.support.infra import terraform_module
 from tests.support.memory_runtime import Rig, memory_rig
 from tests.support.slow_guard import SlowGuard
+from tests.support.stores import BACKENDS, StoreBackend, backend_for
 
 # Property-based tests are reproducible: every run draws the same examples (their seed is derived
 # from each test's name), nothing is remembered between runs, and a failure prints the blob that
@@ -51,6 +54,7 @@ PLAUSIBLE_FROM = 5
 ENV_AT_START = dict(os.environ)
 _read_files: dict[Path, int] = {}  # process log file -> registry size when it was scanned
 _end: dict[str, Any] = {"basetemp": None, "problems": []}
+_databases: list[str] = []  # every pg_store_url database of the run: each name is new
 
 
 def process_name(server: procs.ServerProcess) -> str:
@@ -234,6 +238,37 @@ def no_google_metadata() -> Iterator[None]:
         mp.setenv("NO_GCE_CHECK", "true")
         mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> PostgresServer:
+    """One throwaway PostgreSQL server for the whole run (devkit/postgres.py), started when a
+    test first asks for it. Without PostgreSQL that test fails, and says how to install it:
+    the store is promised on both backends. Its first user starts a process: mark it slow.
+    No teardown here, which would run inside the run's last test (slow or not): it is stopped
+    with every process in pytest_sessionfinish (SIGINT, PostgreSQL's fast shutdown), and its
+    folder removed at exit."""
+    try:
+        return start_postgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as err:
+        pytest.fail(f"this test needs PostgreSQL: {err}", pytrace=False)
+
+
+@pytest.fixture
+def pg_store_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on the `postgres` server (its password: postgres.password or
+    postgres.password_ref), dropped after the test."""
+    name = re.sub(r"[^a-z0-9_]", "_", f"t{len(_databases)}_{request.node.name.lower()}")[:63]
+    _databases.append(name)
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Runs the test once on SQLite and once on PostgreSQL (a fresh database)."""
+    return backend_for(request, tmp_path)
 
 
 @pytest.fixture

@@ -86,6 +86,8 @@ def test_each_connector_declaration_agrees_with_its_fields_type(section):
             assert typing.get_args(kind) == s.choices and s.default in s.choices, key
         elif s.kind == "table":
             assert kind is schema.TlsPolicy, key
+        elif s.kind == "urls":
+            assert kind == tuple[str, ...] and 1 <= s.low <= s.high, key
         else:
             assert kind is CONNECTOR_KINDS[s.kind], key
         assert (s.default is None) <= optional, f"{key}: a default of None needs `| None`"

@@ -82,7 +82,7 @@ def test_defaults_are_the_documented_ones(tmp_path):
     optional = '[webex]\nbot_token = "env:T"\nroom_id = "R"\n[admin_ui]\nhost = "127.0.0.1"\n'
     config = load_config(write(tmp_path, BASE + optional))
     rows = documented_defaults()
-    assert len(rows) == 34
+    assert len(rows) == 35
     for section, field, value in rows:
         assert getattr(getattr(config, section), field) == value, f"{section}.{field}"
     assert config.server == ServerConfig() and config.device_defaults == DeviceDefaults()
@@ -155,6 +155,20 @@ def test_device_defaults_fill_in_and_are_overridden(tmp_path):
         (BASE.replace("[function]\n", "[function]\nauth = 'none'\ncredentials_file = 'k.json'\n"),
          "function.credentials_file: file"),
         (BASE + "[log]\nlevel = 'LOUD'\n", "log.level must be one of"),
+        (BASE.replace('path = "state/faceid.db"', 'path = "a.db"\nurl = "postgresql://f@127.0.0.1/f"'),
+         "set exactly one of store.path (SQLite, one connector) and store.url"),
+        (BASE.replace('path = "state/faceid.db"', 'url = "mysql://f@127.0.0.1/f"'),
+         "store.url must start with postgresql:// (its value is not shown)"),
+        (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f:hunter2@127.0.0.1/f"'),
+         "store.url must not hold a password"),
+        (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f@127.0.0.1/f?password=x"'),
+         "store.url must not hold a password"),
+        (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f@db.internal/f"'),
+         "store.url reaches a database off this host without checking its certificate"),
+        (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f@db/f?sslmode=require"'),
+         "store.url reaches a database off this host without checking its certificate"),
+        (BASE + "password = 'env:P'\n",
+         "store.password is for PostgreSQL: set store.url too"),
     ],
 )  # fmt: skip
 def test_a_mistake_is_named_by_its_field(tmp_path, text, message):

@@ -1,6 +1,7 @@
-"""The demo's launcher: `python -m demo up` leaves a working stack behind that `down` stops, one
-simulator process can serve several devices, and the fake MXFace process can be told what to
-answer (the end-to-end benchmark relies on both)."""
+"""The demo's launcher: `python -m demo up` leaves a working stack behind that `down` stops,
+`python -m demo pair` runs its redundant pair through every step, one simulator process can serve
+several devices, and the fake MXFace process can be told what to answer (the end-to-end benchmark
+relies on both)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from devkit.samples import astronaut_jpeg, b64, grace_hopper_jpeg
 pytestmark = pytest.mark.slow  # starts real processes
 
 
-def demo(command: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def demo(
+    command: str, folder: Path, *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FACEID_DEMO_DIR": str(folder)}
     env.pop("DEMO_PHOTOS", None)
     return subprocess.run(
@@ -33,7 +36,7 @@ def demo(command: str, folder: Path, *args: str) -> subprocess.CompletedProcess[
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         check=False,
     )
 
@@ -53,6 +56,20 @@ def test_make_demo_provisions_its_device_and_the_pushed_macro_logs_the_person_in
     pushed = (tmp_path / "run" / "device-macros" / "faceid.js").read_text()
     assert "  pushId: ''," not in pushed and "  deviceKey: ''," not in pushed
     assert "unlocked  match" in ran.stdout and "Every scenario behaved as expected." in ran.stdout
+
+
+def test_demo_pair_shares_a_lockout_fails_over_and_opens_a_room_with_a_one_time_code(tmp_path):
+    # The macro reports the code's use again every 60 s once no connector took it: about 70 s.
+    ran = demo("pair", tmp_path, timeout=420)
+    assert ran.returncode == 0, ran.stdout + ran.stderr[-5000:]
+    rows = [line.split() for line in ran.stdout.splitlines() if re.match(r"^ {3}\d  ", line)]
+    assert [(row[0], row[-1]) for row in rows] == [(str(n), "passed") for n in range(1, 8)]
+    assert "Every step behaved as expected." in ran.stdout
+    narrated = ran.stderr.split("Step 4:")[1]
+    assert '"Unlock": unlocked, “Welcome, Grace Hopper” (answered by B: match)' in narrated
+    assert "Unlocked with an unlock code." in narrated and "already used" in narrated
+    password = (tmp_path / "pair" / "postgres.password").read_text()
+    assert password not in ran.stdout + ran.stderr
 
 
 def test_demo_up_leaves_a_working_stack_after_it_exits_and_down_stops_it(tmp_path):

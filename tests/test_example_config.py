@@ -79,6 +79,19 @@ def test_the_examples_commented_devices_are_valid_blocks(tmp_path):
     assert second.password == "file:/etc/faceid/secrets/lab-desk-password"
 
 
+def test_the_examples_commented_connector_urls_are_a_valid_list(tmp_path):
+    text = EXAMPLE.read_text()
+    block = re.search(r"^# connector_urls = \[\n(?:#   .*\n)+# \]\n", text, re.MULTILINE)
+    assert block is not None
+    uncommented_block = "\n".join(line[2:] for line in block[0].splitlines()) + "\n"
+    path = tmp_path / "faceid.toml"
+    path.write_text(text.replace(block[0], uncommented_block))
+    assert load_config(path).provisioning.connector_urls == (
+        "https://faceid-a.example.internal:8443",
+        "https://faceid-b.example.internal:8443",
+    )
+
+
 def installed_copy(folder: Path, port: int) -> Path:
     """The example with /etc/faceid and /var/lib/faceid moved under `folder`, a free port, the
     function on a closed local port, and the secret files its references name (a fresh store key;

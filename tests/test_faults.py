@@ -47,6 +47,7 @@ from devkit.connector_e2e import (
     extra_device,
     open_sessions,
     open_store,
+    signed_answer,
     status,
     verify,
 )
@@ -542,7 +543,7 @@ class InProcessConnector:
         self.runtime = build_runtime(load_config(config_path), serials={device.serial})
         self.runtime.store.set_device_key(device.serial, device.key)
         self.client = create_app(self.runtime).test_client()
-        self.db = self.runtime.store._conn()
+        self.db = self.runtime.store._db._conn()  # SqliteDatabase: this thread's connection
 
     def call(self, path: str, device: SimDevice, body: Any = None) -> _Answer:
         data = body_bytes(body)
@@ -610,8 +611,20 @@ def test_a_store_that_refuses_writes_keeps_a_matching_face_locked_and_says_so(
     undo = fault(in_process)
     capsys.readouterr()
     try:
-        assert_stays_locked(in_process, world.camera, "store_unavailable", "cannot record logins")
-        assert error in capsys.readouterr().out
+        # Refused when the store cannot spend the request's nonce (a signed 503, on which the
+        # macro moves to its next connector), or a signed error verdict when it cannot record
+        # the attempt: never a match, and the store never counts the device as unlocked.
+        answer = in_process.call("/v1/verify", world.camera, {"serial": world.camera.serial})
+        body = signed_answer(world.camera, answer)
+        if answer.status_code == 200:
+            assert_error(body, "store_unavailable")
+            assert "cannot record logins" in body["message"], body
+        else:
+            assert (answer.status_code, body["error"]["code"]) == (503, "store_unavailable")
+        runtime = in_process.runtime
+        ttl = runtime.config.policy.unlock_ttl_s
+        assert not runtime.store.is_unlocked(world.camera.serial, ttl)
+        assert error in capsys.readouterr().out + body.get("error", {}).get("message", "")
         if fault is read_only:  # a lock with no session to end writes nothing a full disk refuses
             locked = in_process.call("/v1/lock", world.camera, {"serial": world.camera.serial})
             assert locked.status_code == 503

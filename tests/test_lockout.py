@@ -12,7 +12,7 @@ import pytest
 
 from connector.config import PolicyConfig
 from connector.lockout import Lockout
-from connector.store import Gate, Store
+from connector.store import Gate
 
 SERIAL = "FOC1234X5YZ"
 
@@ -31,8 +31,9 @@ def key():
 
 
 @pytest.fixture
-def store(tmp_path, key):
-    s = Store.open(tmp_path / "faceid.db", key)
+def store(store_backend, key):
+    """Every rule here holds on SQLite and on PostgreSQL."""
+    s = store_backend.open(key)
     yield s
     s.close()
 
@@ -93,13 +94,13 @@ def test_a_match_starts_the_count_again(lockout, clock):
     assert [fail_after_waiting(lockout, clock) for _ in range(5)] == [0, 0, 0, 0, 30]
 
 
-def test_a_restart_keeps_the_lockout(tmp_path, key, clock):
-    store = Store.open(tmp_path / "faceid.db", key)
+def test_a_restart_keeps_the_lockout(store_backend, key, clock):
+    store = store_backend.open(key)
     for _ in range(6):
         fail_after_waiting(Lockout(store, PolicyConfig(), clock), clock)
     store.close()
 
-    reopened = Store.open(tmp_path / "faceid.db", key)
+    reopened = store_backend.open(key)
     try:
         lockout = Lockout(reopened, PolicyConfig(), clock)
         assert lockout.check(SERIAL) == 60
@@ -108,17 +109,20 @@ def test_a_restart_keeps_the_lockout(tmp_path, key, clock):
         reopened.close()
 
 
-def begin_at_once(lockout: Lockout, count: int) -> tuple[list[str], Gate]:
-    """`count` attempts begun at once: their decisions, sorted, and the gate of the one that
-    went."""
+def begin_at_once(lockout: Lockout | list[Lockout], count: int) -> tuple[list[str], Gate]:
+    """`count` attempts begun at once (spread over the connectors when given several): their
+    decisions, sorted, and the gate of the one that went."""
+    lockouts = lockout if isinstance(lockout, list) else [lockout]
     start = threading.Barrier(count)
     gates: list[Gate] = []
 
-    def work() -> None:
+    def work(lockout: Lockout) -> None:
         start.wait()
         gates.append(lockout.begin(SERIAL, LEASE_S))
 
-    threads = [threading.Thread(target=work) for _ in range(count)]
+    threads = [
+        threading.Thread(target=work, args=(lockouts[i % len(lockouts)],)) for i in range(count)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -144,6 +148,21 @@ def test_after_four_failures_thirty_at_once_give_one_comparison_then_a_lockout(l
     assert store.lockout_state(SERIAL).failures == 5 and lockout.check(SERIAL) == 30
     assert lockout.finish(SERIAL, gate, "failure") == 30
     assert lockout.begin(SERIAL, LEASE_S).decision == "locked_out"
+
+
+def test_two_connectors_sharing_the_store_lock_out_exactly_as_one(store, store_backend, key, clock):
+    other = store_backend.open(key)  # a second connector: its own connections to the same store
+    try:
+        pair = [Lockout(store, PolicyConfig(), clock), Lockout(other, PolicyConfig(), clock)]
+        for i in range(4):
+            fail(pair[i % 2])  # failures spread over both
+        decisions, gate = begin_at_once(pair, 30)
+        assert decisions == ["go"] + ["locked_out"] * 29
+        assert pair[1].finish(SERIAL, gate, "failure") == 30  # settled by the other one
+        assert [lockout.check(SERIAL) for lockout in pair] == [30, 30]
+        assert other.lockout_state(SERIAL).failures == 5
+    finally:
+        other.close()
 
 
 def test_an_attempt_that_compared_nothing_gives_its_reserved_failure_back(lockout, store):

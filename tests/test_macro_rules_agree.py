@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import unicodedata
@@ -34,7 +35,8 @@ from typing import Any
 import pytest
 
 from connector import validation
-from connector.protocol import Authenticator, decode_key, encode_key
+from connector.protocol import Authenticator, ReplayCache, decode_key, encode_key
+from connector.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_JS = REPO / "macro" / "testing" / "rules.mjs"
@@ -281,11 +283,14 @@ def test_serials_follow_one_rule_on_both_sides(macro):
     assert len(accepted) == 64  # A-Z, a-z, 0-9, '_' and '-'
 
 
-def test_a_request_the_macro_signs_for_any_valid_serial_identifies_that_device(macro):
+def test_a_request_the_macro_signs_for_any_valid_serial_identifies_that_device(macro, tmp_path):
     key = KEYS_BYTES[2]
+    store = Store.open(tmp_path / "faceid.db", os.urandom(32))
     for signed in macro["signed"]:
         serial = signed["serial"]
-        authenticator = Authenticator({serial: key}.get, clock=lambda: float(SIGNED_TS))
+        authenticator = Authenticator(
+            {serial: key}.get, ReplayCache(store), clock=lambda: float(SIGNED_TS)
+        )
         caller = authenticator.identify(
             signed["authorization"], "POST", SIGNED_PATH, signed["body"].encode()
         )

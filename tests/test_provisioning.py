@@ -30,7 +30,7 @@ from connector.store import AuditEntry, Store
 from devkit.certs import self_signed_identity
 from devkit.pushed_macro import device_key, pushed_settings, reporting_runtime
 from devkit.simulator import DeviceSimulator
-from tests.support.connector_config import BASE, write
+from tests.support.connector_config import BASE, load_error, write
 
 SERIAL = "FOC2401TEST"
 WEB_PASSWORD = "web-" + secrets.token_urlsafe(12)
@@ -84,7 +84,7 @@ def admin(sim: DeviceSimulator, password: str = ADMIN_PASSWORD) -> DeviceAccess:
 
 def plan(sim: DeviceSimulator, *, wait_s: float = 20.0) -> Plan:
     return Plan(
-        connector_url="https://faceid.example.internal:8443",
+        connector_urls=("https://faceid.example.internal:8443", "https://faceid-b.example:8443"),
         ca_certificates=(sim.cert_pem.decode(),),  # any certificate will do for the trust store
         macro_source=shipped_macro().read_text(),
         relock_idle_s=300,
@@ -114,7 +114,7 @@ def macro_runtime(sim: DeviceSimulator, store: Store):
 def test_filled_macro_writes_each_setting_as_a_literal_and_nothing_else():
     source = shipped_macro().read_text()
     values = {
-        "connectorUrl": "https://faceid.example:8443",
+        "connectorUrls": ["https://faceid.example:8443", "https://faceid-b.example:8443"],
         "deviceKey": "k" * 43,
         "allowInsecureHttps": False,
         "allowPlainHttp": False,
@@ -129,8 +129,8 @@ def test_filled_macro_writes_each_setting_as_a_literal_and_nothing_else():
 
 
 def test_a_macro_without_the_settings_lines_is_refused():
-    with pytest.raises(Exception, match="no single SETTINGS line for connectorUrl"):
-        filled_macro("const SETTINGS = {};", {"connectorUrl": "https://x"})
+    with pytest.raises(Exception, match="no single SETTINGS line for connectorUrls"):
+        filled_macro("const SETTINGS = {};", {"connectorUrls": ["https://x"]})
 
 
 def test_the_plan_trusts_each_certificate_of_a_chain_file_and_names_what_is_missing(tmp_path):
@@ -140,18 +140,86 @@ def test_the_plan_trusts_each_certificate_of_a_chain_file_and_names_what_is_miss
         write(
             tmp_path,
             BASE
-            + '[provisioning]\nconnector_url = "https://faceid.example:8443"\n'
+            + '[provisioning]\nconnector_urls = ["https://faceid.example:8443"]\n'
             + f'ca_cert = "{chain}"\nrelock_idle_s = 90\n',
         )
     )
     planned = plan_for(config)
     assert len(planned.ca_certificates) == 2 and planned.relock_idle_s == 90
     assert planned.macro_source == shipped_macro().read_text()
-    with pytest.raises(FaceIdError, match=r"provisioning\.connector_url is not set"):
+    with pytest.raises(FaceIdError, match=r"provisioning\.connector_urls is not set"):
         plan_for(load_config(write(tmp_path, BASE)))
     chain.write_text("not a certificate")
     with pytest.raises(FaceIdError, match="holds no readable PEM certificate"):
         plan_for(config)
+
+
+def test_a_file_that_still_names_connector_url_is_told_the_new_field(tmp_path):
+    said = load_error(
+        tmp_path, BASE + '[provisioning]\nconnector_url = "https://faceid.example:8443"\n'
+    )
+    assert said == (
+        "provisioning.connector_url is replaced by connector_urls, a list of URLs (first "
+        'preferred): write connector_urls = ["https://faceid.example:8443"]'
+    )
+
+
+@pytest.mark.parametrize(
+    ("urls", "said"),
+    [
+        ("[]", "provisioning.connector_urls must be a list of 1 to 4 URLs (strings)"),
+        ('"https://a.example"', "provisioning.connector_urls must be a list of 1 to 4 URLs"),
+        (
+            '["https://a", "https://b", "https://c", "https://d", "https://e"]',
+            "provisioning.connector_urls must be a list of 1 to 4 URLs",
+        ),
+        ('["https://a.example", 8443]', "provisioning.connector_urls must be a list of 1 to 4"),
+        (
+            '["https://a.example", "http://b.example:8080"]',
+            "provisioning.connector_urls[1] must be an https:// URL (http:// only for "
+            "127.0.0.1/localhost)",
+        ),
+        (
+            '["https://a.example:8443/faceid"]',
+            "provisioning.connector_urls[0] must be scheme, host and port only",
+        ),
+        ('["https://a.example?x=1"]', "provisioning.connector_urls[0] must be scheme, host"),
+        ('["https://a.example", "https://a.example"]', "names a URL twice"),
+    ],
+)
+def test_connector_urls_must_be_a_short_list_of_origins(tmp_path, urls, said):
+    assert said in load_error(tmp_path, BASE + f"[provisioning]\nconnector_urls = {urls}\n")
+
+
+def test_a_plain_http_url_on_loopback_is_pushed_with_plain_http_allowed(
+    tmp_path, sim, camera, store
+):
+    config = load_config(
+        write(
+            tmp_path,
+            BASE
+            + "[provisioning]\n"
+            + 'connector_urls = ["https://a.example:8443", "http://127.0.0.1:8080/"]\n'
+            + f'ca_cert = "{sim_ca(tmp_path, sim)}"\n',
+        )
+    )
+    planned = plan_for(config)
+    assert planned.connector_urls == ("https://a.example:8443", "http://127.0.0.1:8080/")
+    sim.set_configuration("HttpClient AllowHTTP", "False")
+    with macro_runtime(sim, store):
+        outcome = provision(camera, store, admin(sim), SERIAL, planned, audit=audit_of(SERIAL))
+    assert outcome.ok, outcome
+    (macro,) = sim.macros()["macros"]
+    settings = pushed_settings(macro["source"])
+    assert settings["connectorUrls"] == ["https://a.example:8443", "http://127.0.0.1:8080/"]
+    assert settings["allowPlainHttp"] is True
+    assert sim.configuration()["HttpClient AllowHTTP"] == "True"
+
+
+def sim_ca(tmp_path, sim: DeviceSimulator) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_bytes(sim.cert_pem)
+    return str(path)
 
 
 def test_each_certificate_of_the_plan_is_added_once(sim, camera, store):
@@ -237,7 +305,11 @@ def test_provision_sets_up_a_fresh_device_and_waits_for_its_macro_to_report(sim,
     settings = pushed_settings(macro["source"])
     key = store.device_key(SERIAL)
     assert key is not None and settings["deviceKey"] == encode_key(key)
-    assert settings["connectorUrl"] == "https://faceid.example.internal:8443"
+    assert settings["connectorUrls"] == [
+        "https://faceid.example.internal:8443",
+        "https://faceid-b.example:8443",
+    ]
+    assert settings["allowPlainHttp"] is False
     assert settings["relockIdleSeconds"] == 300 and reported == [settings]
     assert macro["active"] and sim.macros()["running"] == ["faceid"]
     entries = [(e.action, e.outcome, e.actor) for e in store.audit(serial=SERIAL)]

@@ -1,5 +1,6 @@
-"""The SQLite store: encrypted photos bound to their rows, all-or-nothing enrollments, fair choice
-of references, and the state lockouts and unlocked sessions keep across restarts."""
+"""The store on both databases: encrypted photos bound to their rows, all-or-nothing enrollments,
+fair choice of references, the state lockouts and unlocked sessions keep across restarts; and what
+only the SQLite file shows (its bytes, its WAL, its upgrades)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,16 @@ def path(tmp_path):
 
 
 @pytest.fixture
-def store(path, key):
+def store(store_backend, key):
+    """The rules every database keeps: each test using it runs on SQLite and on PostgreSQL."""
+    s = store_backend.open(key)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(path, key):
+    """For what only a SQLite file shows (its bytes, its WAL, a row changed behind its back)."""
     s = Store.open(path, key)
     yield s
     s.close()
@@ -79,11 +89,11 @@ def test_reference_photos_round_trip(store):
     assert store.references_for("NOBODY") == []
 
 
-def test_files_hold_no_window_of_any_photo(store, path):
+def test_files_hold_no_window_of_any_photo(sqlite_store, path):
     images = [grace_hopper_jpeg(), astronaut_jpeg()]
     for n, image in enumerate(images):
-        store.add_reference(SERIAL, f"person {n}", image)
-    store.record_audit(action="enroll", serial=SERIAL, person="person 0", outcome="enrolled")
+        sqlite_store.add_reference(SERIAL, f"person {n}", image)
+    sqlite_store.record_audit(action="enroll", serial=SERIAL, person="person 0", outcome="enrolled")
 
     data = file_bytes(path)
     assert len(data) > sum(map(len, images))  # the ciphertexts are in there
@@ -97,16 +107,16 @@ def test_files_hold_no_window_of_any_photo(store, path):
         assert found == []
 
 
-def test_a_new_store_file_is_private(store, path):
+def test_a_new_store_file_is_private(sqlite_store, path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
 
-def test_a_wrong_key_is_refused_at_open(store, path):
+def test_a_wrong_key_is_refused_at_open(store, store_backend):
     store.add_reference(SERIAL, "Alice", photo(1))
     store.close()
     with pytest.raises(FaceIdError) as caught:
-        Store.open(path, os.urandom(32))
+        store_backend.open(os.urandom(32))
     assert caught.value.code == "config_error"
     assert caught.value.message == "the store key does not match the one the store was created with"
 
@@ -134,25 +144,25 @@ def swap_ciphertexts(path: str, a: int, b: int) -> None:
             )
 
 
-def test_swapped_ciphertexts_fail_to_decrypt(store, path):
-    a = store.add_reference(SERIAL, "Alice", photo(1)).reference_id
-    b = store.add_reference(SERIAL, "Mallory", photo(2)).reference_id
+def test_swapped_ciphertexts_fail_to_decrypt(sqlite_store, path):
+    a = sqlite_store.add_reference(SERIAL, "Alice", photo(1)).reference_id
+    b = sqlite_store.add_reference(SERIAL, "Mallory", photo(2)).reference_id
     swap_ciphertexts(path, a, b)
     with pytest.raises(FaceIdError) as caught:
-        store.references_for(SERIAL)
+        sqlite_store.references_for(SERIAL)
     assert caught.value.code == "internal_error" and "integrity" in caught.value.message
 
 
-def test_a_photo_moved_to_another_person_fails_to_decrypt(store, path):
-    store.add_reference(SERIAL, "Alice", photo(1))
-    mallory = store.add_reference(SERIAL, "Mallory", photo(2))
+def test_a_photo_moved_to_another_person_fails_to_decrypt(sqlite_store, path):
+    sqlite_store.add_reference(SERIAL, "Alice", photo(1))
+    mallory = sqlite_store.add_reference(SERIAL, "Mallory", photo(2))
     with sqlite3.connect(path) as db:
         db.execute(
             "UPDATE reference_images SET person_id = ? WHERE person_id != ?",
             (mallory.person_id, mallory.person_id),
         )
     with pytest.raises(FaceIdError):
-        store.references_for(SERIAL)
+        sqlite_store.references_for(SERIAL)
 
 
 def test_oldest_photos_but_the_first_are_dropped_beyond_the_per_person_limit(store):
@@ -222,8 +232,8 @@ KILLED_INSIDE_ENROLLMENT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_an_enrollment_killed_midway_leaves_nothing(store, path, key):
-    store.add_reference("FOC1", "Alice", photo(1))
+def test_an_enrollment_killed_midway_leaves_nothing(sqlite_store, path, key):
+    sqlite_store.add_reference("FOC1", "Alice", photo(1))
     result = subprocess.run(
         [sys.executable, "-c", KILLED_INSIDE_ENROLLMENT, path, key.hex()],
         cwd=REPO,
@@ -231,7 +241,7 @@ def test_an_enrollment_killed_midway_leaves_nothing(store, path, key):
         timeout=60,
     )
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
-    store.close()
+    sqlite_store.close()
     reopened = Store.open(path, key)
     try:
         assert [p.name for p in reopened.people("FOC1")] == ["Alice"]
@@ -341,48 +351,54 @@ def enroll_to_remove(store: Store, path: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("removal", ["remove_person", "remove_device", "remove_reference"])
-def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(store, path, removal):
-    secrets = enroll_to_remove(store, path)
+def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(
+    sqlite_store, path, removal
+):
+    secrets = enroll_to_remove(sqlite_store, path)
     if removal == "remove_person":
-        assert store.remove_person(SERIAL, NAME) is True
+        assert sqlite_store.remove_person(SERIAL, NAME) is True
     elif removal == "remove_device":
-        assert store.remove_device(SERIAL) == 1
+        assert sqlite_store.remove_device(SERIAL) == 1
     else:  # photo by photo: the person goes with the last one
-        for reference in store.references(SERIAL, NAME):
-            assert store.remove_reference(SERIAL, reference.id) is True
-        assert store.people(SERIAL) == []
+        for reference in sqlite_store.references(SERIAL, NAME):
+            assert sqlite_store.remove_reference(SERIAL, reference.id) is True
+        assert sqlite_store.people(SERIAL) == []
     assert os.path.getsize(path + "-wal") == 0
     assert found_on_disk(path, secrets) == []
-    assert store.references_for("OTHER") == [("Bob", photo(1))]
+    assert sqlite_store.references_for("OTHER") == [("Bob", photo(1))]
 
 
-def test_without_the_checkpoint_the_wal_still_holds_the_removed_person(store, path, monkeypatch):
+def test_without_the_checkpoint_the_wal_still_holds_the_removed_person(
+    sqlite_store, path, monkeypatch
+):
     """What the test above guards against: secure_delete zeroes the deleted rows in the newest
     pages, but the -wal file keeps the frames written before, photos and name in them."""
-    secrets = enroll_to_remove(store, path)
-    monkeypatch.setattr(Store, "empty_wal", lambda self, after: True)
-    assert store.remove_person(SERIAL, NAME) is True
-    assert store.people(SERIAL) == []
+    secrets = enroll_to_remove(sqlite_store, path)
+    monkeypatch.setattr(Store, "scrub", lambda self, after: True)
+    assert sqlite_store.remove_person(SERIAL, NAME) is True
+    assert sqlite_store.people(SERIAL) == []
     assert found_on_disk(path, secrets) == secrets
     monkeypatch.undo()
-    assert store.empty_wal("the test") is True
+    assert sqlite_store.scrub("the test") is True
     assert found_on_disk(path, secrets) == []
 
 
-def test_a_reader_keeping_the_wal_busy_is_reported_and_the_removal_stands(store, path, capsys):
-    secrets = enroll_to_remove(store, path)
+def test_a_reader_keeping_the_wal_busy_is_reported_and_the_removal_stands(
+    sqlite_store, path, capsys
+):
+    secrets = enroll_to_remove(sqlite_store, path)
     reader = sqlite3.connect(path, isolation_level=None)
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot from before
         started = time.monotonic()
-        assert store.remove_person(SERIAL, NAME) is True
+        assert sqlite_store.remove_person(SERIAL, NAME) is True
         assert time.monotonic() - started < 3  # a few short tries, not the 5 s busy timeout each
     finally:
         reader.close()
     assert "could not empty the store's write-ahead log (busy)" in capsys.readouterr().out
-    assert store.people(SERIAL) == []
-    assert store.empty_wal("the reader left") is True
+    assert sqlite_store.people(SERIAL) == []
+    assert sqlite_store.scrub("the reader left") is True
     assert found_on_disk(path, secrets) == []
 
 
@@ -428,11 +444,11 @@ def test_unlocked_session_lasts_its_ttl_until_locked(store):
     assert store.end_unlocked(SERIAL) is False
 
 
-def test_state_survives_reopening(store, path, key):
+def test_state_survives_reopening(store, store_backend, key):
     store.add_reference(SERIAL, "Alice", photo(1))
     unlock(store, "Alice", now=1000.0)
     store.close()
-    reopened = Store.open(path, key)
+    reopened = store_backend.open(key)
     try:
         assert reopened.references_for(SERIAL) == [("Alice", photo(1))]
         assert reopened.is_unlocked(SERIAL, 600, now=1001.0)
@@ -449,18 +465,20 @@ def test_a_closed_store_answers_store_unavailable(store):
         assert caught.value.code == "store_unavailable"
 
 
-def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(store, path, key):
+def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(sqlite_store, path, key):
     first, second = os.urandom(32), os.urandom(32)
-    assert store.device_key(SERIAL) is None
-    store.set_device_key(SERIAL, first)
-    assert store.device_key(SERIAL) == first
-    store.set_device_key(SERIAL, second, audit=AuditEntry("rotate_key", "done", serial=SERIAL))
-    assert store.device_key(SERIAL) == second
-    assert [e.action for e in store.audit(serial=SERIAL)] == ["rotate_key"]
+    assert sqlite_store.device_key(SERIAL) is None
+    sqlite_store.set_device_key(SERIAL, first)
+    assert sqlite_store.device_key(SERIAL) == first
+    sqlite_store.set_device_key(
+        SERIAL, second, audit=AuditEntry("rotate_key", "done", serial=SERIAL)
+    )
+    assert sqlite_store.device_key(SERIAL) == second
+    assert [e.action for e in sqlite_store.audit(serial=SERIAL)] == ["rotate_key"]
     data = file_bytes(path)
     for secret in (first, second):
         assert secret not in data and secret.hex().encode() not in data
-    store.close()
+    sqlite_store.close()
     reopened = Store.open(path, key)
     try:
         assert reopened.device_key(SERIAL) == second
@@ -468,12 +486,12 @@ def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(store, path, 
         reopened.close()
 
 
-def test_a_device_key_moved_to_another_serial_fails_its_integrity_check(store, path):
-    store.set_device_key(SERIAL, os.urandom(32))
+def test_a_device_key_moved_to_another_serial_fails_its_integrity_check(sqlite_store, path):
+    sqlite_store.set_device_key(SERIAL, os.urandom(32))
     with sqlite3.connect(path) as db:
         db.execute("UPDATE device_keys SET serial = 'OTHER' WHERE serial = ?", (SERIAL,))
     with pytest.raises(FaceIdError) as caught:
-        store.device_key("OTHER")
+        sqlite_store.device_key("OTHER")
     assert caught.value.code == "store_unavailable" and "integrity" in caught.value.message
 
 
@@ -483,15 +501,14 @@ def test_removing_a_device_forgets_its_key(store):
     assert store.device_key(SERIAL) is None
 
 
-def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, path, key):
-    """Schemas 2 and 3 upgrade the same way: by SCHEMA's new tables and ADDED_COLUMNS."""
-    store.add_reference(SERIAL, "Alice Example", photo(1))
-    store.close()
+def test_a_schema_1_store_is_upgraded_in_place(sqlite_store, path, key):
+    """Schemas 2 to 4 upgrade the same way: SCHEMA's new tables, then each later version's
+    changes (schema.MIGRATIONS)."""
+    sqlite_store.add_reference(SERIAL, "Alice Example", photo(1))
+    sqlite_store.close()
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE device_keys")
-        db.execute("DROP TABLE device_reports")
-        db.execute("DROP TABLE console_sessions")
-        db.execute("DROP TABLE admins")
+        for table in ("device_keys", "device_reports", "console_sessions", "admins", "nonces"):
+            db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE audit DROP COLUMN actor")
         db.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
     upgraded = Store.open(path, key)
@@ -505,13 +522,38 @@ def test_a_schema_1_store_is_upgraded_in_place_and_a_newer_one_refused(store, pa
         upgraded.add_admin("alice", "hash")
         upgraded.create_console_session("digest", "alice", "csrf", 5.0, idle_s=900)
         assert upgraded.console_session("digest") == ("alice", "csrf", 5.0)
+        assert upgraded.spend_nonce(SERIAL, "n" * 22, now=5.0, window_s=600)
     finally:
         upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (4,)
-        db.execute("UPDATE meta SET value = 5 WHERE name = 'schema'")
-    with pytest.raises(FaceIdError, match="has schema 5, this connector reads schema 4"):
-        Store.open(path, key)
+        assert int(db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0]) == 5
+
+
+def test_a_store_newer_than_the_connector_is_refused_untouched(store, store_backend, key):
+    store.add_reference(SERIAL, "Alice Example", photo(1))
+    with store._db.write() as tx:
+        tx.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (b"6",))
+        tx.execute("DROP TABLE nonces")  # as if schema 6 had done without it
+    store.close()
+    with pytest.raises(FaceIdError) as caught:
+        store_backend.open(key)
+    assert caught.value.code == "config_error"
+    assert "has schema 6, newer than this connector reads (schema 5)" in caught.value.message
+    assert "nonces" not in store_backend.tables()  # refused untouched: not made again
+
+
+def test_pruning_forgets_each_nonce_only_after_its_own_window(store, monkeypatch):
+    monkeypatch.setattr("connector.store.core.NONCE_PRUNE_EVERY", 1)  # prune at every spend
+    assert store.spend_nonce(SERIAL, "event:0123456789abcdef", now=0.0, window_s=30 * 86400)
+    assert store.spend_nonce(SERIAL, "b" * 22, now=5000.0, window_s=600)  # prunes
+    assert not store.spend_nonce(SERIAL, "event:0123456789abcdef", now=6000.0, window_s=30 * 86400)
+
+
+def test_a_nonce_is_spent_once_within_its_window_and_again_after_it(store):
+    assert store.spend_nonce(SERIAL, "a" * 22, now=1000.0, window_s=600) is True
+    assert store.spend_nonce(SERIAL, "a" * 22, now=1500.0, window_s=600) is False
+    assert store.spend_nonce("OTHER", "a" * 22, now=1500.0, window_s=600) is True
+    assert store.spend_nonce(SERIAL, "a" * 22, now=1601.0, window_s=600) is True
 
 
 def test_a_name_that_reads_as_another_persons_is_name_taken(store):

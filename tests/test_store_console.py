@@ -27,7 +27,16 @@ def key():
 
 
 @pytest.fixture
-def store(path, key):
+def store(store_backend, key):
+    """The rules every database keeps: each test using it runs on SQLite and on PostgreSQL."""
+    s = store_backend.open(key)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(path, key):
+    """For what only a SQLite file shows (its bytes, its WAL, a row changed behind its back)."""
     s = Store.open(path, key)
     yield s
     s.close()
@@ -92,12 +101,12 @@ def test_a_persons_photos_are_listed_newest_first_and_read_one_by_one(store):
     assert store.reference_image(SERIAL, 999) is None
 
 
-def test_a_photo_that_fails_its_integrity_check_is_an_error(store, path):
-    ref = store.add_reference(SERIAL, "Grace", photo(1)).reference_id
+def test_a_photo_that_fails_its_integrity_check_is_an_error(sqlite_store, path):
+    ref = sqlite_store.add_reference(SERIAL, "Grace", photo(1)).reference_id
     with sqlite3.connect(path) as db:
         db.execute("UPDATE reference_images SET ciphertext = ? WHERE id = ?", (b"\0" * 64, ref))
     with pytest.raises(FaceIdError) as caught:
-        store.reference_image(SERIAL, ref)
+        sqlite_store.reference_image(SERIAL, ref)
     assert caught.value.code == "internal_error" and "integrity" in caught.value.message
 
 
@@ -118,9 +127,9 @@ def test_removing_a_photo_keeps_the_person_until_their_last_one_and_their_sessio
     assert [e.actor for e in store.audit()] == ["alice", "alice"]  # only what was removed
 
 
-def test_a_schema_3_store_gains_the_consoles_tables_in_place(store, path, key):
-    store.add_reference(SERIAL, "Grace", photo(1))
-    store.close()
+def test_a_schema_3_store_gains_the_consoles_tables_in_place(sqlite_store, path, key):
+    sqlite_store.add_reference(SERIAL, "Grace", photo(1))
+    sqlite_store.close()
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE console_sessions")
         db.execute("DROP TABLE admins")
@@ -133,4 +142,4 @@ def test_a_schema_3_store_gains_the_consoles_tables_in_place(store, path, key):
     finally:
         upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (4,)
+        assert int(db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0]) == 5

@@ -1,7 +1,8 @@
 """`python -m connector admin ...`: the administrator's commands, one module per concern.
 
 fleet.py adds, checks, provisions and removes devices; records.py works on people, the audit log
-and lockouts; common.py holds what every command shares (exit statuses, the operator, output).
+and lockouts; codes.py issues offline unlock codes; common.py holds what every command shares
+(exit statuses, the operator, output).
 Results go to stdout, logs and progress to stderr.
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import consoleadmins, fleet, records, settings
+from . import codes, consoleadmins, fleet, records, settings
 from .common import EXIT_CODES, Exit, exit_code
 
 __all__ = ["EXIT_CODES", "Exit", "add_parsers", "exit_code", "run"]
 
-_MODULES = (fleet, records, settings, consoleadmins)
+_MODULES = (fleet, records, codes, settings, consoleadmins)
 
 
 def add_parsers(commands: Any) -> None:

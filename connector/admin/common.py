@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -79,6 +80,21 @@ def known_serial(config: ConnectorConfig, value: str) -> str | None:
     """The serial a command names, checked; None (said on stderr) if no device has it."""
     serial = validation.serial(value)
     return serial if configured(config, serial) else None
+
+
+def whole_number(high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to `high`, else a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be 1 to {high}, not {value}")
+        return value
+
+    return parse
 
 
 def iso_time(t: float) -> str:

@@ -27,6 +27,7 @@ from .common import (
     print_json,
     print_table,
     runtime,
+    whole_number,
 )
 
 #: --limit's bounds: SQLite takes no larger integer, and the log keeps far fewer entries.
@@ -52,16 +53,6 @@ AUDIT_COLUMNS = {
 }
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_LIMIT}, not {value}")
-    return value
-
-
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("enroll", help="enroll a person on a device from an image file")
     p.add_argument("--serial", required=True)
@@ -83,7 +74,9 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("audit", help="show the audit log, newest first")
     p.add_argument("--serial", help="this device's entries only (a removed device's too)")
-    p.add_argument("--limit", type=_limit, default=50, help="at most this many (default 50)")
+    p.add_argument(
+        "--limit", type=whole_number(MAX_LIMIT), default=50, help="at most this many (default 50)"
+    )
     p.add_argument("--json", action="store_true", help=ONE_PER_LINE)
 
 

@@ -54,6 +54,8 @@ def check_text(text: str, path: str | os.PathLike[str]) -> Checked:
             decode_store_key(store_key)
         except FaceIdError as exc:
             problems.append(exc.message)
+    if config.store.password is not None:
+        resolved(config.store.password, "store.password")
     # A password shared through [device_defaults] is read once, and its problem said once.
     by_ref: dict[str, str | None] = {}
     passwords: dict[str, str] = {}

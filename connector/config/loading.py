@@ -11,7 +11,9 @@ sections are refused. Secrets stay references until resolved.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -22,6 +24,8 @@ from faceid_core.errors import FaceIdError, config_error
 
 from ..device import TlsPolicy
 from ..secretref import check_ref
+from ..store import is_database_url
+from ..store.postgres import holds_password, off_host_without_checked_tls
 from ..tls import normalize_fingerprint
 from .schema import (
     REQUIRED,
@@ -125,6 +129,8 @@ class _Table:
                 return self.ref(key, default)
             case "url":
                 return self.https_url(key, default)
+            case "urls":
+                return self.https_urls(key, default, int(s.low), int(s.high))
         raise AssertionError(f"{self.field(key)}: a {s.kind} is read by its section's own rule")
 
     @_noted
@@ -201,15 +207,34 @@ class _Table:
         url = self.string(key, default)
         if url is None:  # missing or not a string: already noted
             return None
+        self._check_url(url, self.field(key))
+        return str(url)
+
+    def _check_url(self, url: str, where: str) -> None:
         parts = urlsplit(url)
         loopback = parts.hostname in LOOPBACK_HOSTS
         if not parts.hostname or not (
             parts.scheme == "https" or (parts.scheme == "http" and loopback)
         ):
-            self.problem(
-                f"{self.field(key)} must be an https:// URL (http:// only for 127.0.0.1/localhost)"
-            )
-        return str(url)
+            self.problem(f"{where} must be an https:// URL (http:// only for 127.0.0.1/localhost)")
+
+    def https_urls(self, key: str, default: Any, low: int, high: int) -> Any:
+        """A list of `low` to `high` different URLs, each as https_url's."""
+        value = self._get(key, default)
+        if value is default and key not in self.data:
+            return value
+        if (
+            not isinstance(value, list)
+            or not low <= len(value) <= high
+            or not all(isinstance(url, str) and 0 < len(url) <= 2048 for url in value)
+        ):
+            self.problem(f"{self.field(key)} must be a list of {low} to {high} URLs (strings)")
+            return None if default is REQUIRED else default
+        for i, url in enumerate(value):
+            self._check_url(url, f"{self.field(key)}[{i}]")
+        if len(set(value)) != len(value):
+            self.problem(f"{self.field(key)} names a URL twice")
+        return tuple(value)
 
     def table(self, key: str) -> _Table | None:
         value = self._get(key, None)
@@ -301,6 +326,25 @@ def _function(t: _Table) -> FunctionConfig:
 
 def _store(t: _Table) -> StoreConfig:
     config = StoreConfig(**_fields(t, settings(StoreConfig)))
+    if (config.path is None) == (config.url is None):
+        t.problem(
+            f"set exactly one of {t.field('path')} (SQLite, one connector) and {t.field('url')} "
+            "(PostgreSQL, shared by every connector)"
+        )
+    if config.url is not None and not is_database_url(config.url):
+        t.problem(f"{t.field('url')} must start with postgresql:// (its value is not shown)")
+    elif config.url is not None and holds_password(config.url):
+        t.problem(
+            f"{t.field('url')} must not hold a password: give it as {t.field('password')}, a "
+            "secret reference"
+        )
+    elif config.url is not None and off_host_without_checked_tls(config.url):
+        t.problem(
+            f"{t.field('url')} reaches a database off this host without checking its certificate: "
+            "add ?sslmode=verify-full (and sslrootcert=...)"
+        )
+    if config.password is not None and config.url is None:
+        t.problem(f"{t.field('password')} is for PostgreSQL: set {t.field('url')} too")
     t.done()
     return config
 
@@ -405,8 +449,26 @@ def _webex(t: _Table) -> WebexConfig:
     return WebexConfig(**values)
 
 
+#: What the macro takes as a connector URL: scheme, host and port (trailing `/` are dropped).
+MACRO_URL_RE = re.compile(r"\Ahttps?://[^\s/?#]+/*\Z")
+
+
 def _provisioning(t: _Table) -> ProvisioningConfig:
     config = ProvisioningConfig(**_fields(t, settings(ProvisioningConfig)))
+    for i, url in enumerate(config.connector_urls or ()):
+        if not MACRO_URL_RE.match(url):
+            t.problem(
+                f"{t.field('connector_urls')}[{i}] must be scheme, host and port only "
+                "(no path, query or fragment): the macro signs the path it sends"
+            )
+    if "connector_url" in t.data:
+        t.seen.add("connector_url")
+        old = t.data["connector_url"]
+        url = old if isinstance(old, str) else "https://faceid.example.internal:8443"
+        t.problem(
+            f"{t.field('connector_url')} is replaced by connector_urls, a list of URLs (first "
+            f"preferred): write connector_urls = {json.dumps([url])}"
+        )
     t.done()
     return config
 

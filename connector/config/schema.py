@@ -63,8 +63,11 @@ REQUIRED: Any = _Required()
 
 #: text: a non-empty string (matching `pattern`); choice: one of `choices`; path: a file, made
 #: absolute against the file's folder; secret: an env:/file:/gsm: reference; url: https (http on
-#: loopback only); table: a sub-table read by its own rule in loading.py.
-Kind = Literal["text", "integer", "number", "flag", "choice", "path", "secret", "url", "table"]
+#: loopback only); urls: a list of `low` to `high` of those; table: a sub-table read by its own
+#: rule in loading.py.
+Kind = Literal[
+    "text", "integer", "number", "flag", "choice", "path", "secret", "url", "urls", "table"
+]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Setting:
     kind: Kind
     default: Any
     meaning: str
-    low: int | float = 0  # integer, number: the bounds, both included
+    low: int | float = 0  # integer, number: the bounds, both included; urls: how many
     high: int | float = 0
     choices: tuple[str, ...] = ()  # choice
     upper: bool = False  # choice: written in any case
@@ -138,6 +141,10 @@ def secret(default: str | None, meaning: str, *, default_from: str | None = None
 
 def https_url(default: str | None, meaning: str) -> Any:
     return _declare(Setting("url", default, meaning))
+
+
+def https_urls(default: tuple[str, ...] | None, meaning: str, *, low: int, high: int) -> Any:
+    return _declare(Setting("urls", default, meaning, low=low, high=high))
 
 
 def sub_table(default: Any, meaning: str) -> Any:
@@ -226,13 +233,36 @@ class FunctionConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: str = file_path(
-        REQUIRED, "the SQLite database, e.g. `/var/lib/faceid/faceid.db`", must_exist=False
+    path: str | None = file_path(
+        None,
+        "the SQLite database of one connector, e.g. `/var/lib/faceid/faceid.db`; give this or "
+        "`url`",
+        must_exist=False,
+    )
+    url: str | None = text(
+        None,
+        "the PostgreSQL database every connector of a redundant pair shares, "
+        "`postgresql://USER@HOST:5432/DB` (parameters such as `?sslmode=verify-full` allowed, "
+        "the password never); give this or `path`",
+    )
+    password: str | None = secret(None, "secret reference to the PostgreSQL user's password")
+    pool_size: int = integer(
+        10, "most connections a connector holds open to PostgreSQL", low=1, high=200
     )
     key: str = secret(REQUIRED, "secret reference to 32 bytes (64 hex characters or base64)")
 
+    @property
+    def location(self) -> str:
+        """What Store.open takes: the URL, else the file."""
+        location = self.url or self.path
+        assert location is not None  # the loader requires one of them
+        return location
+
     def resolve_key(self) -> bytes:
         return decode_store_key(resolve_secret(self.key, "store.key"))
+
+    def resolve_password(self) -> str | None:
+        return None if self.password is None else resolve_secret(self.password, "store.password")
 
 
 @dataclass(frozen=True)
@@ -351,15 +381,23 @@ class WebexConfig:
         return resolve_secret(self.bot_token, "webex.bot_token")
 
 
+#: provisioning.connector_urls: the macro moves to the next when one is unreachable.
+MAX_CONNECTOR_URLS = 4
+
+
 @dataclass(frozen=True)
 class ProvisioningConfig:
     """What `admin provision` writes into each device's macro and trust store."""
 
-    connector_url: str | None = https_url(
-        None, "the URL devices reach this connector at (the macro's `connectorUrl`)"
+    connector_urls: tuple[str, ...] | None = https_urls(
+        None,
+        f"1 to {MAX_CONNECTOR_URLS} URLs the devices reach the connectors at, first preferred "
+        "(https; http only on loopback): the macro's `connectorUrls`",
+        low=1,
+        high=MAX_CONNECTOR_URLS,
     )
     ca_cert: str | None = file_path(
-        None, "PEM the devices must trust for that URL; none = `server.tls_cert`"
+        None, "PEM the devices must trust for those URLs; none = `server.tls_cert`"
     )
     macro: str | None = file_path(None, "the macro pushed; none = the `macro/faceid.js` shipped")
     relock_idle_s: int = integer(

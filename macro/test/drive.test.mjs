@@ -3,9 +3,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { makeKey, SERIAL } from '../testing/harness.mjs';
+import { importMacro, makeKey, SERIAL } from '../testing/harness.mjs';
 import { ConnectorDouble, serveConnector } from '../testing/connector-double.mjs';
 import { writeProvisioned } from '../testing/provisioned.mjs';
 import { selfSignedCertificate } from '../testing/tls.mjs';
@@ -60,7 +61,7 @@ function startDriver(t) {
 test('macroPath runs the file as pushed, on its own SETTINGS, once it reported in', async (t) => {
   connector.reports = [];
   const macroPath = writeProvisioned(t, {
-    connectorUrl: plain.url,
+    connectorUrls: [plain.url],
     deviceKey: connector.deviceKey,
     allowInsecureHttps: false,
     allowPlainHttp: true,
@@ -87,7 +88,7 @@ test('without macroPath the bundled macro runs on the settings of the first line
     connector.reports = [];
     const driver = startDriver(t);
     const ready = await driver.ask({
-      serial: SERIAL, connectorUrl: secure.url, deviceKey: connector.deviceKey,
+      serial: SERIAL, connectorUrls: [secure.url], deviceKey: connector.deviceKey,
       allowInsecureHttps: true,
     });
     assert.equal(ready.screen.lock, 'locked', JSON.stringify(ready));
@@ -97,3 +98,30 @@ test('without macroPath the bundled macro runs on the settings of the first line
     assert.equal(login.screen.lock, 'unlocked');
     assert.equal(await driver.close(), 0);
   });
+
+test('connectorUrls fail over, and an unlock code typed in opens the screen', async (t) => {
+  const closed = createServer();
+  await new Promise((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const dead = `http://127.0.0.1:${closed.address().port}`;
+  await new Promise((resolve) => closed.close(resolve));
+  const macroPath = writeProvisioned(t, {
+    connectorUrls: [dead, plain.url],
+    deviceKey: connector.deviceKey,
+    allowInsecureHttps: false,
+    allowPlainHttp: true,
+    relockIdleSeconds: 600,
+    pushId: PUSH,
+  });
+  const driver = startDriver(t);
+  const ready = await driver.ask({ serial: SERIAL, macroPath });
+  assert.equal(ready.report.http.status, 200, JSON.stringify(ready));
+  assert.equal(ready.report.http.url, plain.url, 'the second connector answered');
+  const asked = await driver.ask({ press: 'code' });
+  assert.equal(asked.prompt, 'Type the 8-digit unlock code your administrator gave you.');
+  const { unlockCode } = await importMacro();
+  const step = Math.ceil((Date.now() / 1000 + 600) / 300);
+  const typed = await driver.ask({ code: unlockCode(connector.key, SERIAL, step) });
+  assert.equal(typed.screen.lock, 'unlocked', JSON.stringify(typed));
+  assert.equal(typed.screen.alert, 'Unlocked with an unlock code.');
+  assert.equal(await driver.close(), 0);
+});

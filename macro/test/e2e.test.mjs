@@ -70,7 +70,7 @@ before(async () => {
   console.log = () => {}; // the macro's console
   // The connector's certificate is self-signed: the device needs AllowInsecureHTTPS for it.
   await bootDevice({
-    connectorUrl: stack.connector.url,
+    connectorUrls: [stack.connector.url],
     deviceKey: stack.device.key,
     serial: stack.device.serial,
     allowInsecureHttps: true,

@@ -139,7 +139,7 @@ test('an impostor signing with every key it could learn never unlocks the screen
     fake.http.useNetwork();
     t.mock.method(console, 'log', () => {});
     await macro.start({
-      connectorUrl: `https://127.0.0.1:${impostor.address().port}`,
+      connectorUrls: [`https://127.0.0.1:${impostor.address().port}`],
       deviceKey: deviceKey.toString('base64url'),
       allowInsecureHttps: true,
       requestTimeoutSeconds: 5,

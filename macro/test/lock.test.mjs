@@ -60,12 +60,12 @@ test('panels are saved with the same XML on every start', async (t) => {
   const { macro, connector } = await boot(t);
   const first = fake.commandsTo('UserInterface Extensions Panel Save').map((save) => save.body);
   await macro.start({
-    connectorUrl: 'https://connector.test:8443', deviceKey: connector.deviceKey,
+    connectorUrls: ['https://connector.test:8443'], deviceKey: connector.deviceKey,
   });
   await settle();
   const all = fake.commandsTo('UserInterface Extensions Panel Save').map((save) => save.body);
   assert.deepEqual(all.slice(first.length), first);
-  assert.equal(fake.panels.size, 3);
+  assert.equal(fake.panels.size, 4);
 });
 
 test('a runtime restart while unlocked comes back locked, remembering nothing', async (t) => {

@@ -28,8 +28,9 @@ after(async () => {
   if (secure) await secure.close();
 });
 
-/** A factory-fresh device with HttpClient on, talking to `url` over the network. */
+/** A factory-fresh device with HttpClient on, talking to `url` (or a list) over the network. */
 async function startDevice(t, url, { settings = {}, config = {} } = {}) {
+  const urls = [].concat(url);
   macro.stop();
   fake.reset();
   fake.setConfig('HttpClient Mode', 'On');
@@ -41,8 +42,8 @@ async function startDevice(t, url, { settings = {}, config = {} } = {}) {
   connector.calls = [];
   t.mock.method(console, 'log', () => {});
   await macro.start({
-    connectorUrl: url, deviceKey: key.toString('base64url'), requestTimeoutSeconds: 5,
-    allowPlainHttp: url.startsWith('http:'), ...settings,
+    connectorUrls: urls, deviceKey: key.toString('base64url'), requestTimeoutSeconds: 5,
+    allowPlainHttp: urls.some((each) => each.startsWith('http:')), ...settings,
   });
   await settle();
 }
@@ -84,15 +85,31 @@ for (const form of ['object', 'json']) {
   });
 }
 
-test('a connector that refuses connections is reported unreachable', async (t) => {
+/** A port on 127.0.0.1 where nothing listens. */
+async function closedPort() {
   const closed = createServer();
   await new Promise((resolve) => closed.listen(0, '127.0.0.1', resolve));
-  const port = closed.address().port;
+  const { port } = closed.address();
   await new Promise((resolve) => closed.close(resolve));
-  await startDevice(t, `http://127.0.0.1:${port}`);
+  return port;
+}
+
+test('a connector that refuses connections is reported unreachable', async (t) => {
+  await startDevice(t, `http://127.0.0.1:${await closedPort()}`);
   await loginOverNetwork();
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), MESSAGES.unreachable);
+});
+
+test('a real refused connection to the first connector moves on to the second', async (t) => {
+  const dead = `http://127.0.0.1:${await closedPort()}`;
+  await startDevice(t, [dead, plain.url]);
+  await loginOverNetwork();
+  assert.deepEqual(lockState(), UNLOCKED);
+  const tried = fake.http.requests.filter((request) => request.path === '/v1/verify');
+  assert.deepEqual(tried.map((request) => new URL(request.url).origin), [plain.url],
+    'the dead one failed at start and is tried last for 60 s');
+  assert.ok(fake.http.requests.some((request) => request.url.startsWith(dead)));
 });
 
 test('HttpClient Mode Off blocks even real requests', async (t) => {

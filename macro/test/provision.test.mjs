@@ -31,7 +31,7 @@ test('a copy written as admin provision writes it runs on its own SETTINGS', asy
   const key = makeKey();
   const connector = new ConnectorDouble({ key, serial: SERIAL });
   const values = {
-    connectorUrl: 'https://connector.pushed.test:8443',
+    connectorUrls: ['https://connector.pushed.test:8443'],
     deviceKey: connector.deviceKey,
     allowInsecureHttps: true,
     allowPlainHttp: false,
@@ -54,7 +54,7 @@ test('a copy written as admin provision writes it runs on its own SETTINGS', asy
   assert.deepEqual(lockState(), LOCKED);
   assert.deepEqual(connector.reports, [{ serial: SERIAL, push: values.pushId }]);
   for (const request of fake.http.requests) {
-    assert.ok(request.url.startsWith(`${values.connectorUrl}/v1/`), request.url);
+    assert.ok(request.url.startsWith(`${values.connectorUrls[0]}/v1/`), request.url);
     assert.equal(request.params.AllowInsecureHTTPS, 'True');
   }
   await tapLogin();

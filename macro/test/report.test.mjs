@@ -90,15 +90,15 @@ test('a refused report is logged, not shown', async (t) => {
   });
   assert.deepEqual(lockState(), LOCKED);
   assert.equal(fake.lastAlert(), undefined);
-  assert.ok(lines.includes('faceid: connector answered HTTP 401'));
+  assert.ok(lines.includes('faceid: connector https://connector.test:8443 answered HTTP 401'));
   assert.deepEqual(reportLines(lines), ['faceid: not reported in (unauthorized)']);
 });
 
 test('a macro with setup problems does not report in', async (t) => {
   const broken = {
     'no device key': { deviceKey: '' },
-    'plain HTTP not allowed': { connectorUrl: 'http://connector.test:8080' },
-    'no host': { connectorUrl: 'https://' },
+    'plain HTTP not allowed': { connectorUrls: ['http://connector.test:8080'] },
+    'no host': { connectorUrls: ['https://'] },
   };
   for (const [what, settings] of Object.entries(broken)) {
     await t.test(what, async (sub) => {

@@ -43,7 +43,7 @@ test('settings come first and ship without a key, plain HTTP refused', () => {
   const firstFunction = source.search(/^(export )?(async )?function /m);
   assert.ok(settingsAt > 0 && settingsAt < firstFunction);
   const block = source.slice(settingsAt, source.indexOf('};', settingsAt));
-  for (const key of ['connectorUrl', 'deviceKey', 'allowInsecureHttps', 'allowPlainHttp',
+  for (const key of ['connectorUrls', 'deviceKey', 'allowInsecureHttps', 'allowPlainHttp',
     'relockIdleSeconds', 'requestTimeoutSeconds']) {
     assert.match(block, new RegExp(`\\b${key}:`), key);
   }

@@ -145,7 +145,7 @@ test('requests go one at a time even when the device would accept more', async (
 });
 
 test('each request has the parameters the device HTTP client needs', async (t) => {
-  await boot(t, { settings: { connectorUrl: 'https://connector.test:8443/' } });
+  await boot(t, { settings: { connectorUrls: ['https://connector.test:8443/'] } });
   await tapLogin();
   const verify = fake.http.requests.find((request) => request.path === '/v1/verify');
   assert.equal(verify.url, 'https://connector.test:8443/v1/verify');

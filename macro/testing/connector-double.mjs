@@ -68,8 +68,11 @@ function targetOf(url) {
 }
 
 export class ConnectorDouble {
-  /** key: the device's 32 key bytes (Buffer). */
-  constructor({ key, serial }) {
+  /**
+   * key: the device's 32 key bytes (Buffer). seenNonces: the replay cache, shared by doubles that
+   * stand for connectors on one database.
+   */
+  constructor({ key, serial, seenNonces = new Set() }) {
     this.key = key;
     this.serial = serial;
     this.ttlSeconds = 30;
@@ -85,10 +88,12 @@ export class ConnectorDouble {
     this.override = null;
     /** Every request: {method, path, target, body, auth, authenticated}. */
     this.calls = [];
-    this.seenNonces = new Set();
+    this.seenNonces = seenNonces;
     this.unlocked = false;
     /** Every authenticated POST /v1/status: {serial, push}, as the macro reported in. */
     this.reports = [];
+    /** The unlock code events recorded (POST /v1/code-events), each id once. */
+    this.codeEvents = [];
   }
 
   /** The key as the macro's SETTINGS.deviceKey holds it. */
@@ -159,7 +164,17 @@ export class ConnectorDouble {
       this.reports.push({ serial: body.serial, push: body.push });
       return this.status();
     }
+    if (path === '/v1/code-events') return this.recordCodeEvents(body);
     return null;
+  }
+
+  /** {recorded: how many were new, serial}; an id seen before is not recorded twice. */
+  recordCodeEvents(body) {
+    const known = new Set(this.codeEvents.map((event) => event.id));
+    const events = Array.isArray(body.events) ? body.events : [];
+    const fresh = events.filter((event) => !known.has(event.id));
+    this.codeEvents.push(...fresh);
+    return { recorded: fresh.length, serial: body.serial };
   }
 
   /** What GET /v1/status answers, and POST /v1/status (a macro reporting in) too. */
@@ -198,6 +213,51 @@ export class ConnectorDouble {
 
   verifyCalls() {
     return this.calls.filter((call) => call.path === '/v1/verify');
+  }
+}
+
+/** A connector URL that is down, as the device's HttpClient sees it (ConnectorFleet). */
+export const down = {
+  /** Nothing listens: the connection is refused at once. */
+  refused: () => ({ reject: { code: 1, message: 'Failed to connect to host' } }),
+  /** No answer ever: the device's own Timeout ends the request. */
+  hang: () => new Promise(() => {}),
+  /** A front (load balancer, HAProxy) answering `status` itself, unsigned. */
+  status: (status) => () => ({
+    status,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ error: { code: 'connector_unavailable', message: 'unavailable' } }),
+  }),
+};
+
+/**
+ * Several connector URLs for the in-process device (fake.http.route(fleet.handler)): each URL is
+ * served by a ConnectorDouble or by a request → reply function such as one of `down`; a URL not
+ * listed refuses connections. `calls` records which URL got each request, and its nonce.
+ */
+export class ConnectorFleet {
+  constructor(backends) {
+    this.backends = new Map(Object.entries(backends));
+    this.calls = [];
+    this.handler = (request) => this.handle(request);
+  }
+
+  /** Change what serves `url` (a double, or a function such as down.hang). */
+  set(url, backend) {
+    this.backends.set(url, backend);
+  }
+
+  handle(request) {
+    const { origin, pathname } = new URL(request.url);
+    const auth = parseAuthorization(request.headers.authorization);
+    this.calls.push({ url: origin, path: pathname, nonce: auth ? auth.nonce : null });
+    const backend = this.backends.get(origin) ?? down.refused;
+    return backend instanceof ConnectorDouble ? backend.handle(request) : backend(request);
+  }
+
+  /** The URLs that got a request for `path`, in order. */
+  urlsFor(path) {
+    return this.calls.filter((call) => call.path === path).map((call) => call.url);
   }
 }
 

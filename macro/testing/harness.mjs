@@ -14,6 +14,7 @@ export { fake, xapi };
 export const MACRO_FILE = new URL('../faceid.js', import.meta.url);
 export const NOW_MS = Date.UTC(2026, 0, 15, 9, 0, 0);
 export const SERIAL = 'FOC1234X5YZ';
+export const CONNECTOR_URL = 'https://connector.test:8443';
 
 /**
  * The macro module; a new `instance` tag gives a fresh copy, as a runtime restart does. `file`
@@ -44,6 +45,36 @@ export async function advance(t, ms, step = 1000) {
   }
 }
 
+let shifted = null; // {offsetMs} while a test has moved the wall clock with shiftClock()
+
+/**
+ * Move the device's wall clock by `ms` (either way) and not its timers, as an NTP step does: the
+ * runtime's timers count elapsed time. Node's mock timers move both with setTime(), so Date is
+ * wrapped with an offset instead (on top of the fake clock), undone after the test.
+ */
+export function shiftClock(t, ms) {
+  if (shifted === null) {
+    const Base = globalThis.Date;
+    const offset = { offsetMs: 0 };
+    class Shifted extends Base {
+      constructor(...args) {
+        super(...(args.length === 0 ? [Base.now() + offset.offsetMs] : args));
+      }
+
+      static now() {
+        return Base.now() + offset.offsetMs;
+      }
+    }
+    globalThis.Date = Shifted;
+    shifted = offset;
+    t.after(() => {
+      if (globalThis.Date === Shifted) globalThis.Date = Base;
+      shifted = null;
+    });
+  }
+  shifted.offsetMs += ms;
+}
+
 /**
  * Factory-reset the fake device, switch HttpClient on, start the macro with a connector double.
  * options: {settings, fakeTimers = true, prepare(fake, connector)}; prepare runs before the
@@ -63,7 +94,7 @@ export async function boot(t, { settings = {}, fakeTimers = true, prepare } = {}
   fake.http.route((request) => connector.handle(request));
   if (prepare) await prepare(fake, connector);
   await macro.start({
-    connectorUrl: 'https://connector.test:8443', deviceKey: connector.deviceKey, ...settings,
+    connectorUrls: [CONNECTOR_URL], deviceKey: connector.deviceKey, ...settings,
   });
   await settle();
   t.after(() => macro.stop());
@@ -84,9 +115,15 @@ export function screen() {
   };
 }
 
-export const LOCKED = { hideAll: 'True', settingsMenu: 'Hidden', panels: ['faceid_login'] };
+export const LOCKED = {
+  hideAll: 'True', settingsMenu: 'Hidden', panels: ['faceid_code', 'faceid_login'],
+};
 export const UNLOCKED = {
   hideAll: 'False', settingsMenu: 'Auto', panels: ['faceid_enroll', 'faceid_logout'],
+};
+/** Unlocked by an unlock code: no "Update my photo", the connector opened no session for it. */
+export const UNLOCKED_BY_CODE = {
+  hideAll: 'False', settingsMenu: 'Auto', panels: ['faceid_logout'],
 };
 
 export function lockState() {

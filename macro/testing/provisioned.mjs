@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MACRO_FILE } from './harness.mjs';
 
-export const PROVISIONED_KEYS = ['connectorUrl', 'deviceKey', 'allowInsecureHttps',
+export const PROVISIONED_KEYS = ['connectorUrls', 'deviceKey', 'allowInsecureHttps',
   'allowPlainHttp', 'relockIdleSeconds', 'pushId'];
 /** The lines `admin provision` replaces: the pattern it uses. */
 export const PROVISIONED_LINE = new RegExp(`^  (${PROVISIONED_KEYS.join('|')}): .*,$`, 'gm');

@@ -1,236 +1,83 @@
-"""The connector's state in one SQLite file: device keys and enrolled people's reference photos
-(AES-GCM encrypted, each bound to its row), the audit log, lockouts and unlocked sessions, the
-device web sessions held open (their cookies AES-GCM encrypted, bound to the serial), so a
-crash leaves none unknown, and the console's administrators (Argon2id hashes) and their sessions
-(only the SHA-256 of each cookie).
+"""The connector's state: device keys and enrolled people's reference photos (AES-GCM encrypted,
+each bound to its row), the audit log, lockouts and unlocked sessions, the nonces of protocol v2
+already spent, the device web sessions held open (their cookies AES-GCM encrypted, bound to the
+serial), so a crash leaves none unknown, and the console's administrators (Argon2id hashes) and
+their sessions (only the SHA-256 of each cookie).
 
-WAL mode with synchronous=FULL: a committed enrollment survives a power cut, an interrupted one
-leaves nothing. Each thread gets its own connection, so reads on the verify path never wait for
-each other; writers queue on SQLite's lock (busy_timeout).
+Every rule is here, once; where the state lives is a Database (sqlite.py: one file, one
+connector; postgres.py: one database, any number of connectors). Each write is one transaction
+that commits whole or not at all; one that decides for a device names it (`lock`), so that
+connectors sharing a database decide exactly as one would.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from faceid_core.contract import MAX_REFERENCES
-from faceid_core.errors import (
-    FaceIdError,
-    Refusal,
-    StoreError,
-    config_error,
-    store_unavailable,
+from faceid_core.errors import FaceIdError, Refusal, StoreError, config_error, store_unavailable
+
+from ..names import name_key
+from .postgres import PostgresDatabase
+from .records import (
+    AdminInfo,
+    AuditEntry,
+    DeviceWebSession,
+    Enrollment,
+    Gate,
+    LockoutState,
+    PersonInfo,
+    Reference,
+    ReferenceInfo,
+    Session,
+    Settlement,
 )
-from faceid_core.logs import log
+from .schema import OLDEST_UPGRADABLE, SCHEMA_VERSION, Dialect, changes_since, statements
+from .sqlite import SqliteDatabase
 
-from .names import name_key
-
-SCHEMA_VERSION = 4
-#: Older schemas this connector upgrades in place (the new tables are created by SCHEMA, the
-#: new columns by ADDED_COLUMNS).
-UPGRADABLE_FROM = (1, 2, 3)
-#: Columns added since schema 1: (table, column, type), added when missing.
-ADDED_COLUMNS = (("audit", "actor", "TEXT"),)
 KEY_CHECK_PLAINTEXT = b"faceid store key check v1"
 NONCE_BYTES = 12
-BUSY_TIMEOUT_S = 5.0
 AUDIT_PRUNE_EVERY = 1000
-#: Emptying the WAL after a removal: tries, and how long each waits for readers to move on.
-CHECKPOINT_TRIES = 4
-CHECKPOINT_WAIT_S = 0.25
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS people (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    serial TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    UNIQUE (serial, name)
-);
-CREATE TABLE IF NOT EXISTS reference_images (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reference_images_person ON reference_images (person_id, created);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    request_id TEXT,
-    serial TEXT,
-    action TEXT NOT NULL,
-    outcome TEXT,
-    code TEXT,
-    person TEXT,
-    score REAL,
-    stages_ms TEXT,
-    actor TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_serial ON audit (serial, id);
-CREATE TABLE IF NOT EXISTS lockout (
-    serial TEXT PRIMARY KEY,
-    failures INTEGER NOT NULL,
-    locked_until REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS device_keys (
-    serial TEXT PRIMARY KEY,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    serial TEXT PRIMARY KEY,
-    token TEXT NOT NULL,
-    lease_until REAL NOT NULL,
-    prior_failures INTEGER NOT NULL,
-    prior_locked_until REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    serial TEXT PRIMARY KEY,
-    person TEXT NOT NULL,
-    unlocked_at REAL NOT NULL,
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS device_reports (
-    serial TEXT PRIMARY KEY,
-    reported_at REAL NOT NULL,
-    push_id TEXT
-);
-CREATE TABLE IF NOT EXISTS device_sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    serial TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS admins (
-    name TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS console_sessions (
-    token_sha256 TEXT PRIMARY KEY,
-    admin TEXT NOT NULL REFERENCES admins(name) ON DELETE CASCADE,
-    csrf TEXT NOT NULL,
-    created REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS console_sessions_admin ON console_sessions (admin);
-"""
+#: Spent nonces are forgotten, once past their window, every this many.
+NONCE_PRUNE_EVERY = 1000
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
-class Reference(NamedTuple):
-    """A decrypted reference photo; unpacks as (person, image)."""
+class Rows(Protocol):
+    rowcount: int
 
-    person: str
-    image: bytes
-
-
-@dataclass(frozen=True)
-class PersonInfo:
-    name: str
-    references: int
-    created: float
-    last_enrolled: float
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
-@dataclass(frozen=True)
-class ReferenceInfo:
-    """A kept photo, without its image: what the console lists."""
-
-    id: int
-    created: float
+class Transaction(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Rows: ...
 
 
-@dataclass(frozen=True)
-class AdminInfo:
-    """A console administrator, without the password hash."""
+class Database(Protocol):
+    """Where the store's tables live: transactions, and what a removal must do afterwards."""
 
-    name: str
-    created: float
+    dialect: Dialect
+    where: str  # for messages: the file, or host:port/database
 
-
-@dataclass(frozen=True)
-class Enrollment:
-    person_id: int
-    reference_id: int
-    references: int  # this person's photos after the change
-    dropped: int  # oldest photos removed to stay within the limit
+    def write(self, lock: str | None = None) -> AbstractContextManager[Any]: ...
+    def read(self) -> AbstractContextManager[Any]: ...
+    def migrating(self) -> AbstractContextManager[Any]: ...
+    def legacy_fixups(self, tx: Any) -> None: ...
+    def scrub(self, after: str) -> bool: ...
+    def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audited request. Facts only: never an image, a token or a password."""
-
-    action: str
-    outcome: str | None = None
-    serial: str | None = None
-    request_id: str | None = None
-    code: str | None = None
-    person: str | None = None
-    score: float | None = None
-    stages_ms: Mapping[str, float] | None = None
-    # An administrator's command: the operating-system user who ran it; a console action (or a
-    # login): the console administrator's name.
-    actor: str | None = None
-    time: float | None = None  # set when written
-    id: int | None = None  # set when read back
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class LockoutState:
-    failures: int = 0
-    locked_until: float = 0.0
-
-
-@dataclass(frozen=True)
-class Session:
-    """An unlocked session: who matched, and when (which also tells one session from the next)."""
-
-    person: str
-    started: float
-
-
-@dataclass(frozen=True)
-class DeviceWebSession:
-    """A device web session the connector opened and has not seen signed out."""
-
-    entry: int
-    serial: str
-    created: float
-    cookies: dict[str, str] | None = field(repr=False)  # None: failed its integrity check
-
-
-#: What begin_attempt decides (Gate).
-Decision = Literal["go", "busy", "locked_out"]
-#: How an attempt settles (finish_attempt): a match, a failure towards the lockout, or neither.
-Settlement = Literal["match", "failure", "neutral"]
-
-
-class Gate(NamedTuple):
-    """What begin_attempt decided: "go" (the attempt holds the device, `token` names its hold),
-    "busy" (another attempt does) or "locked_out"; `state` is the lockout as it now stands."""
-
-    decision: Decision
-    state: LockoutState
-    token: str | None = None
+def is_database_url(location: str) -> bool:
+    return location.startswith(POSTGRESQL_SCHEMES)
 
 
 def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
@@ -248,85 +95,93 @@ def _web_session_aad(serial: str) -> bytes:
     return f"faceid-device-session-v1|{serial}".encode()
 
 
-def _refused(exc: sqlite3.Error) -> StoreError:
-    """SQLite's own words (disk full, read-only, locked) name the cause and hold no data."""
-    return store_unavailable(f"the store refused the operation: {exc}")
+def _version(number: int) -> bytes:
+    """How meta holds the schema version (SQLite stores before 5 hold an integer: int() reads
+    both)."""
+    return str(number).encode()
+
+
+def _inserted_id(rows: Rows) -> int:
+    """The id an INSERT ... RETURNING id gave the new row."""
+    return int(rows.fetchone()[0])
 
 
 class Store:
-    """Thread-safe access to the store; open with Store.open(path, key)."""
+    """Thread-safe access to the store; open with Store.open(location, key)."""
 
-    def __init__(self, path: str, key: bytes, max_audit_rows: int) -> None:
-        self.path = path
+    def __init__(self, db: Database, key: bytes, max_audit_rows: int) -> None:
+        self._db = db
+        self.path = db.where
         self._aead = AESGCM(key)
         self._max_audit_rows = max_audit_rows
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._closed = False
+        self._spent = 0
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], key: bytes, *, max_audit_rows: int = 100_000
+        cls,
+        location: str | os.PathLike[str],
+        key: bytes,
+        *,
+        password: str | None = None,
+        pool_size: int = 10,
+        max_audit_rows: int = 100_000,
     ) -> Store:
-        """Create the store if missing (mode 0600) and check the key against the one it was
-        created with; a mismatch is a config_error, before anything is read or written."""
+        """The store at `location`: a SQLite file (created if missing, mode 0600) or a
+        postgresql:// URL (its password given apart). The schema is created or upgraded, and the
+        key checked against the one the store was created with; a mismatch is a config_error,
+        before anything is read or written."""
         if len(key) != 32:
             raise config_error("the store key must be 32 bytes")
-        path = os.fspath(path)
-        parent = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-            if not os.path.exists(path):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise config_error(f"the store {path} cannot be created ({exc.strerror})") from None
-        store = cls(path, key, max_audit_rows)
+        location = os.fspath(location)
+        db: Database
+        if is_database_url(location):
+            db = PostgresDatabase.open(location, password, pool_size)
+        else:
+            db = SqliteDatabase.open(location)
+        store = cls(db, key, max_audit_rows)
         try:
             store._initialise()
-        except FaceIdError:
+        except FaceIdError as exc:
             store.close()
+            if isinstance(exc, StoreError):  # the database refused the schema
+                raise config_error(
+                    f"the store {db.where} cannot be opened ({exc.message})"
+                ) from None
             raise
-        except sqlite3.DatabaseError as exc:
-            store.close()
-            raise config_error(f"the store {path} cannot be opened ({exc})") from None
         return store
 
     def _initialise(self) -> None:
-        conn = self._conn()
-        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise config_error(f"the store {self.path} cannot use WAL mode (network filesystem?)")
-        with self._write() as conn:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
-            if columns and "token" not in columns:
-                # Leases of attempts in flight only, from a development build: safe to drop.
-                conn.execute("DROP TABLE attempts")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for table, column, kind in ADDED_COLUMNS:
-                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            rows = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+        """In one transaction, which anything refused rolls back whole: a store this connector
+        cannot read (a wrong key, a newer schema) is left exactly as it was."""
+        with self._db.migrating() as tx:
+            self._db.legacy_fixups(tx)
+            for statement in statements(self._db.dialect):
+                tx.execute(statement)
+            rows = dict(tx.execute("SELECT name, value FROM meta").fetchall())
             if "key_check" not in rows:
                 nonce = os.urandom(NONCE_BYTES)
                 check = nonce + self._aead.encrypt(nonce, KEY_CHECK_PLAINTEXT, b"key-check")
-                conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                tx.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
+                tx.execute("INSERT INTO meta VALUES ('schema', ?)", (_version(SCHEMA_VERSION),))
                 return
-            self._check_key(rows["key_check"])  # a wrong key rolls everything back
+            self._check_key(bytes(rows["key_check"]))
             schema = int(rows.get("schema", 0))
-            if schema in UPGRADABLE_FROM:
-                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (SCHEMA_VERSION,))
-                schema = SCHEMA_VERSION
-        if schema != SCHEMA_VERSION:
-            raise config_error(
-                f"the store {self.path} has schema {rows.get('schema')}, "
-                f"this connector reads schema {SCHEMA_VERSION}"
-            )
+            if schema > SCHEMA_VERSION:
+                raise config_error(
+                    f"the store {self.path} has schema {schema}, newer than this connector reads "
+                    f"(schema {SCHEMA_VERSION}): run the connector version that wrote it, or newer"
+                )
+            if schema < OLDEST_UPGRADABLE:
+                raise config_error(
+                    f"the store {self.path} has schema {schema}, this connector reads schema "
+                    f"{SCHEMA_VERSION} and upgrades from {OLDEST_UPGRADABLE}"
+                )
+            for statement in changes_since(schema):
+                tx.execute(statement)
+            if schema < SCHEMA_VERSION:
+                tx.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'schema'", (_version(SCHEMA_VERSION),)
+                )
 
     def _check_key(self, check: bytes) -> None:
         try:
@@ -336,79 +191,38 @@ class Store:
         if plain != KEY_CHECK_PLAINTEXT:
             raise config_error("the store key does not match the one the store was created with")
 
-    # --- connections and transactions -----------------------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and not self._closed:
-            return conn
-        with self._lock:
-            if self._closed:
-                raise store_unavailable("the store is closed")
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self._connections.append(conn)
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA secure_delete=ON")  # removed people leave no ciphertext behind
-        self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: everything inside commits together or not at all. This
-        process's writers queue on a lock: under load, SQLite's busy timeout would otherwise
-        turn a slow turn (threads waiting for the CPU) into "database is locked"; the timeout
-        still covers other processes (the admin commands)."""
-        conn = self._conn()
-        try:
-            with self._write_lock:
-                yield from self._transaction(conn)
-        except sqlite3.Error as exc:
-            raise _refused(exc) from None
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One snapshot for several SELECTs."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _refused(exc) from None
-
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        self._db.close()
 
     def check(self) -> None:
-        """For /healthz: the file answers and still opens with our key."""
-        try:
-            row = self._conn().execute("SELECT value FROM meta WHERE name='key_check'").fetchone()
-        except sqlite3.Error as exc:
-            raise store_unavailable(f"the store does not answer ({type(exc).__name__})") from None
+        """For /healthz: the store answers and still opens with our key."""
+        with self._db.read() as tx:
+            row = tx.execute("SELECT value FROM meta WHERE name='key_check'").fetchone()
         if row is None:
             raise store_unavailable("the store has lost its key check")
-        self._check_key(row[0])
+        self._check_key(bytes(row[0]))
+
+    def scrub(self, after: str) -> bool:
+        """After a removal: leave none of the removed data in the database's files."""
+        return self._db.scrub(after)
+
+    # --- spent nonces (protocol.ReplayCache) -----------------------------------------------
+
+    def spend_nonce(self, serial: str, nonce: str, now: float, window_s: float) -> bool:
+        """True the first time (serial, nonce) is seen within window_s, by any connector sharing
+        this store; of the same request sent to several at once, exactly one gets True. Each
+        nonce is kept for its own window (request nonces minutes, event ids days)."""
+        with self._db.write() as tx:
+            fresh = tx.execute(
+                "INSERT INTO nonces (serial, nonce, kept_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (serial, nonce) DO UPDATE SET kept_until = excluded.kept_until "
+                "WHERE nonces.kept_until < ?",
+                (serial, nonce, now + window_s, now),
+            ).rowcount
+            self._spent += 1
+            if self._spent % NONCE_PRUNE_EVERY == 0:
+                tx.execute("DELETE FROM nonces WHERE kept_until < ?", (now,))
+        return fresh == 1
 
     # --- device keys ----------------------------------------------------------------------
 
@@ -416,10 +230,11 @@ class Store:
         """Store (or replace) the device's protocol key, encrypted; enrollments are kept."""
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, key, _key_aad(serial))
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO device_keys (serial, nonce, ciphertext, created) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO device_keys (serial, nonce, ciphertext, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (serial) DO UPDATE SET nonce = excluded.nonce, "
+                "ciphertext = excluded.ciphertext, created = excluded.created",
                 (serial, nonce, sealed, time.time()),
             )
             if audit is not None:
@@ -428,7 +243,7 @@ class Store:
     def device_key(self, serial: str) -> bytes | None:
         """The device's key; None when it has none. A key that fails its integrity check is an
         error, never None (that would read as "unknown device" and hide the damage)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT nonce, ciphertext FROM device_keys WHERE serial = ?", (serial,)
             ).fetchone()
@@ -451,23 +266,23 @@ class Store:
         sealed = self._aead.encrypt(
             nonce, json.dumps(dict(cookies)).encode(), _web_session_aad(serial)
         )
-        with self._write() as conn:
-            entry = conn.execute(
-                "INSERT INTO device_sessions (serial, nonce, ciphertext, created) "
-                "VALUES (?, ?, ?, ?)",
-                (serial, nonce, sealed, time.time()),
-            ).lastrowid
-        assert entry is not None
-        return int(entry)
+        with self._db.write() as conn:
+            return _inserted_id(
+                conn.execute(
+                    "INSERT INTO device_sessions (serial, nonce, ciphertext, created) "
+                    "VALUES (?, ?, ?, ?) RETURNING id",
+                    (serial, nonce, sealed, time.time()),
+                )
+            )
 
     def forget_device_session(self, entry: int) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute("DELETE FROM device_sessions WHERE id = ?", (entry,))
 
     def record_report(self, serial: str, push_id: str | None, now: float) -> None:
         """A device's macro reported in (signed POST /v1/status): `admin provision` waits for
         the push it made to report."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO device_reports (serial, reported_at, push_id) VALUES (?, ?, ?) "
                 "ON CONFLICT (serial) DO UPDATE SET reported_at = excluded.reported_at, "
@@ -477,7 +292,7 @@ class Store:
 
     def last_report(self, serial: str) -> tuple[float, str | None] | None:
         """(when, push id) of the device's last report, None if it never reported."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT reported_at, push_id FROM device_reports WHERE serial = ?", (serial,)
             ).fetchone()
@@ -485,7 +300,7 @@ class Store:
 
     def device_sessions(self) -> list[DeviceWebSession]:
         """Every recorded session, oldest first (what a crash left open, at start-up)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT id, serial, nonce, ciphertext, created FROM device_sessions ORDER BY id"
             ).fetchall()
@@ -500,7 +315,7 @@ class Store:
         return sessions
 
     def count_device_sessions(self) -> int:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return int(conn.execute("SELECT count(*) FROM device_sessions").fetchone()[0])
 
     # --- people and reference photos ------------------------------------------------------
@@ -526,7 +341,7 @@ class Store:
         an existing person's name. A new name whose name_key is another person's is refused
         (name_taken)."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             names = dict(conn.execute("SELECT name, id FROM people WHERE serial = ?", (serial,)))
             count = len(names)
             if only_if_empty and count > 0:
@@ -551,17 +366,19 @@ class Store:
                         "too_many_references",
                         f"This device already has {count} people enrolled (at most {max_people})",
                     )
-                person_id = conn.execute(
-                    "INSERT INTO people (serial, name, created) VALUES (?, ?, ?)",
-                    (serial, person, now),
-                ).lastrowid
-            assert person_id is not None
-            ref_id = conn.execute(
-                "INSERT INTO reference_images (person_id, nonce, ciphertext, created) "
-                "VALUES (?, x'', x'', ?)",
-                (person_id, now),
-            ).lastrowid
-            assert ref_id is not None
+                person_id = _inserted_id(
+                    conn.execute(
+                        "INSERT INTO people (serial, name, created) VALUES (?, ?, ?) RETURNING id",
+                        (serial, person, now),
+                    )
+                )
+            ref_id = _inserted_id(
+                conn.execute(
+                    "INSERT INTO reference_images (person_id, nonce, ciphertext, created) "
+                    "VALUES (?, ?, ?, ?) RETURNING id",
+                    (person_id, b"", b"", now),
+                )
+            )
             nonce = os.urandom(NONCE_BYTES)
             sealed = self._aead.encrypt(nonce, jpeg, _aad(serial, person_id, ref_id))
             conn.execute(
@@ -590,7 +407,7 @@ class Store:
         """At most `limit` decrypted photos, chosen fairly: every person's newest photo first,
         then every person's second newest, and so on (newer first within a round). A photo
         that fails its integrity check is an error, never skipped or swapped."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT r.id, p.id, p.name, r.created FROM reference_images r "
                 "JOIN people p ON p.id = r.person_id WHERE p.serial = ? "
@@ -614,19 +431,23 @@ class Store:
                     ids,
                 )
             )
-        references = []
-        for *_, ref_id, person_id, name in chosen:
-            nonce, ciphertext = sealed[ref_id]
-            try:
-                image = self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, ref_id))
-            except InvalidTag:
-                raise StoreError(
-                    "internal_error",
-                    f"Stored reference {ref_id} failed its integrity check: "
-                    "the store was modified or damaged",
-                ) from None
-            references.append(Reference(name, image))
-        return references
+        return [
+            Reference(name, self._open_photo(serial, person_id, ref_id, *sealed[ref_id]))
+            for *_, ref_id, person_id, name in chosen
+        ]
+
+    def _open_photo(
+        self, serial: str, person_id: int, ref_id: int, nonce: bytes, ciphertext: bytes
+    ) -> bytes:
+        """A photo that fails its integrity check is an error, never skipped or swapped."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, ref_id))
+        except InvalidTag:
+            raise StoreError(
+                "internal_error",
+                f"Stored reference {ref_id} failed its integrity check: "
+                "the store was modified or damaged",
+            ) from None
 
     def anchor_of(self, serial: str, person: str) -> bytes | None:
         """The person's first photo, which is never dropped (add_reference) and which every
@@ -635,17 +456,17 @@ class Store:
         return mine[-1].image if mine else None  # newest first within a person
 
     @staticmethod
-    def _count_people(conn: sqlite3.Connection, serial: str) -> int:
+    def _count_people(conn: Transaction, serial: str) -> int:
         return int(
             conn.execute("SELECT count(*) FROM people WHERE serial = ?", (serial,)).fetchone()[0]
         )
 
     def count_people(self, serial: str) -> int:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return self._count_people(conn, serial)
 
     def people(self, serial: str) -> list[PersonInfo]:
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT p.name, count(r.id), p.created, coalesce(max(r.created), p.created) "
                 "FROM people p LEFT JOIN reference_images r ON r.person_id = p.id "
@@ -657,19 +478,19 @@ class Store:
     def remove_person(self, serial: str, person: str, *, audit: AuditEntry | None = None) -> bool:
         """Delete the person and their photos; their unlocked session, if any, ends too.
         `audit` is written only if there was such a person."""
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             removed = conn.execute(
                 "DELETE FROM people WHERE serial = ? AND name = ?", (serial, person)
             ).rowcount
             conn.execute("DELETE FROM sessions WHERE serial = ? AND person = ?", (serial, person))
             if audit is not None and removed:
                 self._insert_audit(conn, audit, time.time())
-        self.empty_wal(f"removing a person of {serial}")
+        self.scrub(f"removing a person of {serial}")
         return removed > 0
 
     def references(self, serial: str, person: str) -> list[ReferenceInfo]:
         """The person's kept photos, newest first (none: no such person)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT r.id, r.created FROM reference_images r "
                 "JOIN people p ON p.id = r.person_id WHERE p.serial = ? AND p.name = ? "
@@ -681,7 +502,7 @@ class Store:
     def reference_image(self, serial: str, reference_id: int) -> tuple[str, bytes] | None:
         """(person, decrypted image) of one photo of the device; None if it has no such photo.
         A photo that fails its integrity check is an error, as in references_for."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT p.id, p.name, r.nonce, r.ciphertext FROM reference_images r "
                 "JOIN people p ON p.id = r.person_id WHERE p.serial = ? AND r.id = ?",
@@ -690,15 +511,7 @@ class Store:
         if row is None:
             return None
         person_id, name, nonce, ciphertext = row
-        try:
-            image = self._aead.decrypt(nonce, ciphertext, _aad(serial, person_id, reference_id))
-        except InvalidTag:
-            raise StoreError(
-                "internal_error",
-                f"Stored reference {reference_id} failed its integrity check: "
-                "the store was modified or damaged",
-            ) from None
-        return str(name), image
+        return str(name), self._open_photo(serial, person_id, reference_id, nonce, ciphertext)
 
     def remove_reference(
         self, serial: str, reference_id: int, *, audit: AuditEntry | None = None
@@ -706,7 +519,7 @@ class Store:
         """Delete one photo; the person goes with their last one (their unlocked session too,
         as in remove_person), else their next oldest photo becomes their anchor. `audit` is
         written only if the device had such a photo."""
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             row = conn.execute(
                 "SELECT p.id, p.name FROM reference_images r JOIN people p "
                 "ON p.id = r.person_id WHERE p.serial = ? AND r.id = ?",
@@ -726,12 +539,12 @@ class Store:
                 )
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
-        self.empty_wal(f"removing a photo of {serial}")
+        self.scrub(f"removing a photo of {serial}")
         return True
 
     def remove_device(self, serial: str, *, audit: AuditEntry | None = None) -> int:
         """Forget everything about a device but its audit history; returns people removed."""
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             removed = conn.execute("DELETE FROM people WHERE serial = ?", (serial,)).rowcount
             conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
             conn.execute("DELETE FROM sessions WHERE serial = ?", (serial,))
@@ -740,42 +553,16 @@ class Store:
             conn.execute("DELETE FROM device_reports WHERE serial = ?", (serial,))
             if audit is not None:
                 self._insert_audit(conn, audit, time.time())
-        self.empty_wal(f"removing device {serial}")
+        self.scrub(f"removing device {serial}")
         return int(removed)
-
-    def empty_wal(self, after: str) -> bool:
-        """Copy the WAL into the database and truncate it to 0 bytes. secure_delete zeroes what
-        a removal deletes, but the -wal file still holds the older frames (photos, names) until
-        a checkpoint. A reader on an older snapshot keeps it from completing: a few short tries,
-        then a warning (the removal has committed; SQLite's own checkpoints finish the job)."""
-        conn = self._conn()
-        outcome = "busy"
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_WAIT_S * 1000)}")
-            for attempt in range(CHECKPOINT_TRIES):
-                if attempt:
-                    time.sleep(CHECKPOINT_WAIT_S)
-                if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
-                    return True
-        except sqlite3.Error as exc:
-            outcome = f"failed ({exc})"
-        finally:
-            with suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        log(
-            "WARNING",
-            f"after {after}: could not empty the store's write-ahead log ({outcome}); the removed "
-            f"data stays in {self.path}-wal until SQLite's next checkpoint",
-        )
-        return False
 
     # --- audit ----------------------------------------------------------------------------
 
-    def _insert_audit(self, conn: sqlite3.Connection, entry: AuditEntry, now: float) -> None:
+    def _insert_audit(self, conn: Transaction, entry: AuditEntry, now: float) -> None:
         stages = None if entry.stages_ms is None else json.dumps(dict(entry.stages_ms))
         audit_id = conn.execute(
             "INSERT INTO audit (time, request_id, serial, action, outcome, code, person, score, "
-            "stages_ms, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "stages_ms, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 entry.time if entry.time is not None else now,
                 entry.request_id,
@@ -788,8 +575,8 @@ class Store:
                 stages,
                 entry.actor,
             ),
-        ).lastrowid
-        if audit_id is not None and audit_id % AUDIT_PRUNE_EVERY == 0:
+        ).fetchone()[0]
+        if audit_id % AUDIT_PRUNE_EVERY == 0:
             conn.execute("DELETE FROM audit WHERE id <= ?", (audit_id - self._max_audit_rows,))
 
     def record_audit(self, **fields: Any) -> None:
@@ -797,7 +584,7 @@ class Store:
         self.add_audit(AuditEntry(**fields))
 
     def add_audit(self, entry: AuditEntry) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._insert_audit(conn, entry, time.time())
 
     def audit(self, limit: int = 100, serial: str | None = None) -> list[AuditEntry]:
@@ -842,7 +629,7 @@ class Store:
         )
         if where:
             query += " WHERE " + " AND ".join(where)  # fixed column names, values as parameters
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [
             AuditEntry(
@@ -864,14 +651,14 @@ class Store:
     # --- lockout and unlocked sessions ----------------------------------------------------
 
     def lockout_state(self, serial: str) -> LockoutState:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return self._lockout(conn, serial)
 
     def clear_lockout(self, serial: str, *, audit: AuditEntry | None = None) -> LockoutState:
         """End a lockout and forget the failures towards the next one (`admin unlock-lockout`);
         returns the state it ended. An attempt in flight still settles against the state it
         began with."""
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             before = self._lockout(conn, serial)
             conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
             if audit is not None:
@@ -879,19 +666,21 @@ class Store:
         return before
 
     @staticmethod
-    def _lockout(conn: sqlite3.Connection, serial: str) -> LockoutState:
+    def _lockout(conn: Transaction, serial: str) -> LockoutState:
         row = conn.execute(
             "SELECT failures, locked_until FROM lockout WHERE serial = ?", (serial,)
         ).fetchone()
         return LockoutState() if row is None else LockoutState(row[0], row[1])
 
     @staticmethod
-    def _set_lockout(conn: sqlite3.Connection, serial: str, state: LockoutState) -> None:
+    def _set_lockout(conn: Transaction, serial: str, state: LockoutState) -> None:
         if state == LockoutState():
             conn.execute("DELETE FROM lockout WHERE serial = ?", (serial,))
         else:
             conn.execute(
-                "INSERT OR REPLACE INTO lockout (serial, failures, locked_until) VALUES (?, ?, ?)",
+                "INSERT INTO lockout (serial, failures, locked_until) VALUES (?, ?, ?) "
+                "ON CONFLICT (serial) DO UPDATE SET failures = excluded.failures, "
+                "locked_until = excluded.locked_until",
                 (serial, state.failures, state.locked_until),
             )
 
@@ -911,7 +700,7 @@ class Store:
         A lockout or a lease further ahead than max_wait_s or lease_s (a clock set back) is
         brought back to them: neither outlasts its longest length."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             state = self._lockout(conn, serial)
             if state.locked_until > now + max_wait_s:
                 state = LockoutState(state.failures, now + max_wait_s)
@@ -927,7 +716,10 @@ class Store:
             self._set_lockout(conn, serial, reserved)
             token = os.urandom(12).hex()
             conn.execute(
-                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET "
+                "token = excluded.token, lease_until = excluded.lease_until, "
+                "prior_failures = excluded.prior_failures, "
+                "prior_locked_until = excluded.prior_locked_until",
                 (serial, token, now + lease_s, state.failures, state.locked_until),
             )
         return Gate("go", reserved, token)
@@ -948,7 +740,7 @@ class Store:
         while this attempt still held the device; one that outlived its lease keeps its
         failure, and leaves the newer attempt's hold alone)."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             held = conn.execute(
                 "SELECT prior_failures, prior_locked_until FROM attempts "
                 "WHERE serial = ? AND token = ?",
@@ -958,8 +750,9 @@ class Store:
             if result == "match":
                 state = LockoutState()
                 conn.execute(
-                    "INSERT OR REPLACE INTO sessions (serial, person, unlocked_at, ended_at) "
-                    "VALUES (?, ?, ?, NULL)",
+                    "INSERT INTO sessions (serial, person, unlocked_at, ended_at) "
+                    "VALUES (?, ?, ?, NULL) ON CONFLICT (serial) DO UPDATE SET "
+                    "person = excluded.person, unlocked_at = excluded.unlocked_at, ended_at = NULL",
                     (serial, person, now),
                 )
             else:
@@ -971,7 +764,7 @@ class Store:
         return state
 
     @staticmethod
-    def _end_session(conn: sqlite3.Connection, serial: str, now: float) -> int:
+    def _end_session(conn: Transaction, serial: str, now: float) -> int:
         return int(
             conn.execute(
                 "UPDATE sessions SET ended_at = ? WHERE serial = ? AND ended_at IS NULL",
@@ -981,11 +774,11 @@ class Store:
 
     def end_unlocked(self, serial: str, now: float | None = None) -> bool:
         """End the unlocked session; False when none was open."""
-        with self._write() as conn:
+        with self._db.write(lock=f"device:{serial}") as conn:
             return self._end_session(conn, serial, time.time() if now is None else now) > 0
 
     @staticmethod
-    def _session_row(conn: sqlite3.Connection, serial: str) -> Session | None:
+    def _session_row(conn: Transaction, serial: str) -> Session | None:
         row = conn.execute(
             "SELECT person, unlocked_at FROM sessions WHERE serial = ? AND ended_at IS NULL",
             (serial,),
@@ -993,7 +786,7 @@ class Store:
         return None if row is None else Session(str(row[0]), float(row[1]))
 
     def _session_open(
-        self, conn: sqlite3.Connection, serial: str, session: Session, ttl_s: float, now: float
+        self, conn: Transaction, serial: str, session: Session, ttl_s: float, now: float
     ) -> bool:
         return self._session_row(conn, serial) == session and 0 <= now - session.started < ttl_s
 
@@ -1002,7 +795,7 @@ class Store:
     ) -> Session | None:
         """The device's open unlocked session, while younger than ttl_s."""
         now = time.time() if now is None else now
-        with self._read() as conn:
+        with self._db.read() as conn:
             session = self._session_row(conn, serial)
             if session is None or not self._session_open(conn, serial, session, ttl_s, now):
                 return None
@@ -1015,7 +808,7 @@ class Store:
 
     def add_admin(self, name: str, password_hash: str, *, audit: AuditEntry | None = None) -> None:
         """A new console administrator; Refusal admin_exists if the name is taken."""
-        with self._write() as conn:
+        with self._db.write(lock="admins") as conn:
             if conn.execute("SELECT 1 FROM admins WHERE name = ?", (name,)).fetchone():
                 raise Refusal("admin_exists", f"There is already an administrator {name!r}")
             conn.execute(
@@ -1026,7 +819,7 @@ class Store:
                 self._insert_audit(conn, audit, time.time())
 
     def admin_hash(self, name: str) -> str | None:
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT password_hash FROM admins WHERE name = ?", (name,)
             ).fetchone()
@@ -1034,7 +827,7 @@ class Store:
 
     def set_admin_hash(self, name: str, password_hash: str) -> None:
         """The same password hashed again (with newer parameters)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE admins SET password_hash = ? WHERE name = ?", (password_hash, name)
             )
@@ -1042,7 +835,7 @@ class Store:
     def remove_admin(self, name: str, *, audit: AuditEntry | None = None) -> bool:
         """Remove the administrator and end their sessions; `audit` is written only if there was
         such an administrator."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute("DELETE FROM console_sessions WHERE admin = ?", (name,))
             removed = conn.execute("DELETE FROM admins WHERE name = ?", (name,)).rowcount
             if audit is not None and removed:
@@ -1050,7 +843,7 @@ class Store:
         return removed > 0
 
     def admins(self) -> list[AdminInfo]:
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute("SELECT name, created FROM admins ORDER BY name").fetchall()
         return [AdminInfo(str(name), float(created)) for name, created in rows]
 
@@ -1059,7 +852,7 @@ class Store:
     ) -> None:
         """A session of `admin`, known by the SHA-256 of its cookie. Sessions idle for longer
         than `idle_s` are forgotten meanwhile: every login tidies up."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute("DELETE FROM console_sessions WHERE last_seen < ?", (now - idle_s,))
             conn.execute(
                 "INSERT INTO console_sessions (token_sha256, admin, csrf, created, last_seen) "
@@ -1072,7 +865,7 @@ class Store:
     ) -> tuple[str, str, float] | None:
         """(admin, csrf, last_seen) of the session, None if there is none (or it began at or
         before `created_after`: too old to use, it is forgotten once idle)."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT admin, csrf, last_seen FROM console_sessions "
                 "WHERE token_sha256 = ? AND created > ?",
@@ -1081,19 +874,19 @@ class Store:
         return None if row is None else (str(row[0]), str(row[1]), float(row[2]))
 
     def touch_console_session(self, token_sha256: str, now: float) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE console_sessions SET last_seen = ? WHERE token_sha256 = ?",
                 (now, token_sha256),
             )
 
     def end_console_session(self, token_sha256: str) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute("DELETE FROM console_sessions WHERE token_sha256 = ?", (token_sha256,))
 
     def end_admin_sessions(self, admin: str) -> int:
         """End every session of `admin`; returns how many there were."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return int(
                 conn.execute("DELETE FROM console_sessions WHERE admin = ?", (admin,)).rowcount
             )
