@@ -41,27 +41,30 @@ CAP_NONCE_PREFIX = "event-hour:"
 
 def record_events(rt: Runtime, device: Device, events: list[CodeEvent], request_id: str) -> int:
     """Audit and tell each event not recorded before (by any connector on the same store), up to
-    the device's hourly cap; returns how many were new, dropped ones included. An event is first
-    marked as seen, then audited: a failing audit write is logged with the event
+    the device's hourly cap; returns how many were taken: recorded, or dropped over the cap. An
+    event is first marked as seen, then audited: a failing audit write is logged with the event
     (Runtime.audit), and the macro is not asked to send it again. An `at` more than a day ahead
     of the connector's clock is bad_request, and nothing of the request is recorded."""
     now = rt.clock()
     events_not_ahead(events, now)
-    new = [
-        event
-        for event in events
-        if rt.store.spend_nonce(device.serial, EVENT_NONCE_PREFIX + event.id, now, EVENT_MEMORY_S)
-    ]
-    dropped = 0
-    for event in new:
-        # Once the cap refused one, it refuses the rest of the request: no need to ask again.
-        if dropped == 0 and _within_cap(rt, device.serial, now):
+    recorded = dropped = 0
+    for event in events:
+        # Once the cap refused one, it refuses the rest of the request, unremembered: a misused
+        # key cannot fill the store with the ids of events that are dropped anyway.
+        if dropped:
+            dropped += 1
+        elif not rt.store.spend_nonce(
+            device.serial, EVENT_NONCE_PREFIX + event.id, now, EVENT_MEMORY_S
+        ):
+            continue  # recorded before
+        elif _within_cap(rt, device.serial, now):
             _record(rt, device, event, request_id, now)
+            recorded += 1
         else:
             dropped += 1
     if dropped:
         _dropped(rt, device, dropped, request_id, now)
-    return len(new)
+    return recorded + dropped
 
 
 def _within_cap(rt: Runtime, serial: str, now: float) -> bool:

@@ -87,7 +87,16 @@ def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise PostgresUnavailable("running as root needs setpriv (util-linux) to drop to postgres")
-    prefix = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+    # --pdeathsig: if this process dies without stopping it (kill -9, a CI timeout), the server
+    # gets a fast shutdown instead of living on as an orphan with its superuser.
+    prefix = [
+        setpriv,
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--pdeathsig=SIGINT",
+        "--",
+    ]
     return prefix, user
 
 

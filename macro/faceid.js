@@ -114,6 +114,9 @@ const CODE_STEP_S = 300;
 const CODE_MAX_MINUTES = 720;
 const CODE_DIGITS = 8;
 const CODE_GRACE_S = 120;
+/** The clock is read for codes this often even when nobody types one, so that a clock set back
+ * while the device sits idle is noticed too. */
+const CODE_CLOCK_READ_MS = 60000;
 // Wrong codes: the 5th starts a wait of 300 s; each one after a wait doubles it, up to a day. The
 // wait is a timer, not a time on the device clock: whoever sets the clock cannot end it.
 const CODE_FREE_TRIES = 5;
@@ -356,6 +359,7 @@ function freshState() {
       pending: [], // events not yet acknowledged by a connector
       sending: false,
       retryTimer: null,
+      clockTimer: null, // reads the clock every minute (codeClockMs)
     },
   };
 }
@@ -1188,6 +1192,7 @@ export function stop() {
   stopProgress();
   if (state.codes.retryTimer !== null) clearTimeout(state.codes.retryTimer);
   if (state.codes.waitTimer !== null) clearTimeout(state.codes.waitTimer);
+  if (state.codes.clockTimer !== null) clearInterval(state.codes.clockTimer);
   generation += 1;
   state = freshState();
 }
@@ -1204,6 +1209,8 @@ export async function start(overrides = {}) {
   await lock('start');
   subscribe();
   await reportPrerequisites();
+  codeClockMs();
+  state.codes.clockTimer = setInterval(codeClockMs, CODE_CLOCK_READ_MS);
   if (configured()) reportIn();
 }
 

@@ -432,12 +432,16 @@ def test_at_most_20_events_an_hour_are_recorded_and_the_rest_told_once(rig, clie
     assert markdown(capped).startswith("**Unlock code reports dropped** on ")
     (warning,) = [line for line in log_lines(capsys) if line["severity"] == "WARNING"]
     assert "over the cap of 20 an hour" in warning["message"] and warning["dropped"] == 5
-    # Further ones in that hour: acknowledged, deduplicated, only logged.
+    # Further ones in that hour: acknowledged and only logged. Dropped ones are not remembered
+    # (a misused key must not fill the store with them): sent again, they are dropped again,
+    # but for the first, whose id was taken before the cap refused it.
     more = {"serial": rig.serial, "events": events(20, 8)}
-    assert post_events(rig, client, more) == (200, {"recorded": 3, "serial": rig.serial})
+    assert post_events(rig, client, more) == (200, {"recorded": 7, "serial": rig.serial})
     assert len(code_rows(rig.store, rig.serial)) == 21 and len(rig.notices.events) == 21
     logged = [line for line in log_lines(capsys) if "over the cap" in line["message"]]
-    assert [(line["severity"], line["dropped"]) for line in logged] == [("INFO", 3)]
+    assert [(line["severity"], line["dropped"]) for line in logged] == [("INFO", 7)]
+    dropped_id = "event:" + events(22, 1)[0]["id"]
+    assert rig.store.spend_nonce(rig.serial, dropped_id, rig.clock(), 1)  # never remembered
     # An hour after the first ones, the device's events are recorded again.
     rig.clock.advance(3600 - 60 + 1)
     later = {"serial": rig.serial, "events": events(40, 1)}

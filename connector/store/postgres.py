@@ -9,15 +9,19 @@ reads afresh at each statement). Reads run REPEATABLE READ: one snapshot for sev
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from faceid_core.errors import StoreError, config_error, store_unavailable
 from faceid_core.logs import log
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from .schema import POSTGRESQL, Dialect
@@ -31,6 +35,8 @@ STATEMENT_TIMEOUT_MS = 15000
 #: and this long for transactions older than the removal to end.
 SCRUB_LOCK_TIMEOUT_MS = 2000
 SCRUB_SNAPSHOT_WAIT_S = 2.0
+#: VACUUM VERBOSE's count of the row versions it had to keep.
+KEPT_ROWS_RE = re.compile(r"(\d+) dead row versions cannot be removed yet")
 #: The tables a removal can leave a person's name, photo or a device key behind in.
 SCRUBBED_TABLES = ("people", "reference_images", "sessions", "device_keys")
 #: Held while a connector creates or upgrades the schema, so two starting at once take turns.
@@ -39,36 +45,63 @@ MIGRATION_LOCK = 0x46414345  # "FACE"
 
 #: What a URL must ask of TLS to reach a database off this host: the server's certificate checked.
 CHECKED_TLS = ("verify-full", "verify-ca")
-LOOPBACK_HOSTS = ("localhost", "::1")
+#: The environment libpq reads for what a URL leaves out: where to connect, and how.
+LIBPQ_ENVIRONMENT = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGSSLMODE")
 
 
 def _parameters(url: str) -> dict[str, str]:
-    """The URL's query parameters (libpq lets them override the host and carry a password)."""
-    return {k.lower(): v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    """The connection parameters as libpq itself reads the URL (several hosts, the query's
+    host= and hostaddr=, percent-encoding); raises ValueError for a URL it cannot read."""
+    try:
+        parsed = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(str(exc)) from None
+    return {key: str(value) for key, value in parsed.items() if value is not None}
 
 
 def holds_password(url: str) -> bool:
     """A password in the user part or the query: the configuration must give it apart, as a
     secret reference. A URL that cannot be read is taken to hold one."""
     try:
-        return urlsplit(url).password is not None or "password" in _parameters(url)
+        return "password" in _parameters(url)
     except ValueError:
         return True
+
+
+def _loopback(host: str) -> bool:
+    if host.startswith(("/", "@")) or host == "localhost":  # a socket, or this host's name
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def off_host_without_checked_tls(url: str) -> bool:
     """A database reached over the network with its certificate unchecked: whoever answers at
-    its address could ask for the password in clear, and rewrite lockouts and spent nonces."""
+    its address could relay the login and rewrite lockouts and spent nonces. Every host and
+    address the URL names must be this machine's, or sslmode must check the certificate; a
+    service file, or libpq's PG* environment, could point anywhere, so they count as off-host."""
     try:
         params = _parameters(url)
-        hosts = params.get("host") or urlsplit(url).hostname or ""
     except ValueError:
         return True
-    local = all(
-        not h or h.startswith("/") or h in LOOPBACK_HOSTS or h.startswith("127.")
-        for h in hosts.split(",")
-    )
+    if "service" in params or any(os.environ.get(name) for name in LIBPQ_ENVIRONMENT):
+        local = False
+    else:
+        named = f"{params.get('host', '')},{params.get('hostaddr', '')}".split(",")
+        local = all(_loopback(host) for host in named if host)
     return not local and params.get("sslmode") not in CHECKED_TLS
+
+
+def _local_socket_only(url: str) -> bool:
+    """Only Unix sockets named (peer or trust authentication may apply there)."""
+    try:
+        params = _parameters(url)
+    except ValueError:
+        return False
+    hosts = [h for h in params.get("host", "").split(",") if h]
+    return not params.get("hostaddr") and all(h.startswith(("/", "@")) for h in hosts)
 
 
 def describe(url: str) -> str:
@@ -129,8 +162,11 @@ class PostgresDatabase:
             "application_name": "faceid-connector",
         }
         if password is not None:
-            # Never send it in clear or as MD5, whatever the server (or an impostor) asks for.
-            kwargs.update(password=password, require_auth="scram-sha-256")
+            kwargs["password"] = password
+        if password is not None or not _local_socket_only(url):
+            # Never send a password in clear or as MD5, whatever the server (or an impostor)
+            # asks for, be it given here or read from a passfile.
+            kwargs["require_auth"] = "scram-sha-256"
         try:
             pool: ConnectionPool[Any] = ConnectionPool(
                 url,
@@ -200,10 +236,10 @@ class PostgresDatabase:
         begun before the removal may still see, so it first waits (briefly) for those to end;
         it takes each table's exclusive lock, waiting at most a moment for readers. When it
         cannot do its whole job it says so in a WARNING, and the removal stands."""
-        problem = "unknown"
         try:
             with self._pool.connection() as conn:
-                problem = self._wait_for_older_snapshots(conn) or self._rewrite(conn)
+                self._wait_for_older_snapshots(conn)
+                problem = self._rewrite(conn)
         except psycopg.Error as exc:
             problem = _first_line(exc)
         if not problem:
@@ -217,43 +253,50 @@ class PostgresDatabase:
         return False
 
     @staticmethod
-    def _wait_for_older_snapshots(conn: psycopg.Connection[Any]) -> str:
-        """'' once no other session of this database holds a snapshot taken before now (the
-        removal has committed: a newer snapshot no longer sees the removed rows)."""
+    def _wait_for_older_snapshots(conn: psycopg.Connection[Any]) -> None:
+        """Give transactions begun before the removal (which may still see the removed rows) a
+        moment to end: a session of another role shows no start time, so any such session with
+        a snapshot is waited for. Best effort; the rewrite's own count says what it kept."""
         since = conn.execute("SELECT clock_timestamp()").fetchone()
         deadline = time.monotonic() + SCRUB_SNAPSHOT_WAIT_S
-        while True:
-            holders = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL AND xact_start < %s",
+        while time.monotonic() < deadline:
+            held = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL "
+                "AND (xact_start IS NULL OR xact_start < %s)",
                 since,
-            ).fetchall()
-            if not holders:
-                return ""
-            if time.monotonic() > deadline:
-                pids = ", ".join(str(pid) for (pid,) in holders)
-                return f"a transaction older than the removal is still open (pid {pids})"
+            ).fetchone()
+            if not held or not held[0]:
+                return
             time.sleep(0.05)
 
     @staticmethod
     def _rewrite(conn: psycopg.Connection[Any]) -> str:
-        """'' when VACUUM FULL rewrote every table; else what PostgreSQL said it skipped."""
-        notices: list[str] = []
+        """'' when VACUUM FULL rewrote every table without a removed row; else why not: a table
+        it skipped (not ours), or row versions it had to keep because a transaction, a prepared
+        one, a replication slot or a standby may still see them (VERBOSE counts them)."""
+        heard: list[str] = []
 
-        def heard(notice: psycopg.errors.Diagnostic) -> None:
-            notices.append(notice.message_primary or "")
+        def notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+            heard.append(f"{diagnostic.message_primary or ''} {diagnostic.message_detail or ''}")
 
-        conn.add_notice_handler(heard)
+        conn.add_notice_handler(notice)
         conn.execute(f"SET lock_timeout = {SCRUB_LOCK_TIMEOUT_MS}")
         conn.execute("SET statement_timeout = 0")  # the rewrite takes as long as the tables
         try:
-            conn.execute(f"VACUUM (FULL) {', '.join(SCRUBBED_TABLES)}")
+            conn.execute(f"VACUUM (FULL, VERBOSE) {', '.join(SCRUBBED_TABLES)}")
         finally:
-            conn.remove_notice_handler(heard)
+            conn.remove_notice_handler(notice)
             conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        skipped = [n for n in notices if "skipping" in n]
-        return "; ".join(skipped)
+        kept = sum(int(n) for text in heard for n in KEPT_ROWS_RE.findall(text))
+        problems = [text.strip() for text in heard if "skipping" in text]
+        if kept:
+            problems.append(
+                f"{kept} removed row versions are still seen by an older transaction, a prepared "
+                "transaction, a replication slot or a standby"
+            )
+        return "; ".join(problems)
 
     def close(self) -> None:
         self._pool.close()

@@ -482,6 +482,16 @@ test('a clock set back more than 120 s refuses every code, counting none; within
     assert.deepEqual(lockState(), UNLOCKED_BY_CODE);
   });
 
+test('a clock set back while nobody typed a code is noticed by the minute reading',
+  async (t) => {
+    const { key } = await boot(t);
+    await advance(t, 10 * 60000); // ten idle minutes: the clock is read every minute
+    shiftClock(t, -5 * 60000); // then set back 5 minutes, past the 120 s grace
+    await enterCode(goodCode(key));
+    assert.deepEqual(lockState(), LOCKED);
+    assert.equal(fake.lastAlert(), MESSAGES.codeClockBack);
+  });
+
 test('the typed code is kept nowhere: not in memory, the console or any request', async (t) => {
   const lines = [];
   t.mock.method(console, 'log', (...args) => lines.push(args.join(' ')));
