@@ -46,7 +46,6 @@ STATUS = {
     "rate_limited": 429,
     "config_error": 500,
     "internal_error": 500,
-    "busy": 503,
     "store_unavailable": 503,
 }
 

@@ -5,7 +5,7 @@ event is audited and told to the administrators once, whichever connector it rea
 
 The request is signed with the device's key, which the device's own administrators can read in
 the macro: what it says is the device's word, bounded so that it cannot flood the fleet's audit
-(trimmed fleet-wide at store.max_audit_rows) or the Webex room. At most EVENTS_PER_HOUR events of
+(trimmed fleet-wide to its newest rows) or the Webex room. At most EVENTS_PER_HOUR events of
 a device are recorded in any rolling hour, counted in the store so that every connector sharing
 it counts the same; the rest are acknowledged (the macro stops resending) and dropped, and the
 administrators are told once an hour how many. The audit row's time is the connector's clock:
@@ -18,8 +18,8 @@ tokens (docs/api.md): `valid_until_<ISO>_device_time_<ISO>` for a use,
 
 from __future__ import annotations
 
-from .admin.common import iso_time
 from .runtime import Device, Runtime
+from .times import iso_time
 from .validation import CodeEvent, CodeUsed, events_not_ahead
 from .webex import CodeOutcome, Event
 

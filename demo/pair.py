@@ -12,7 +12,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ class PairDemo:
         self.steps = [Step(number, title) for number, title in enumerate(TITLES, 1)]
         self.current = self.steps[0]
 
-    @contextmanager
+    @contextlib.contextmanager
     def step(self, number: int) -> Iterator[None]:
         """One step; an error in it fails it (with its message) and ends the run."""
         self.current = self.steps[number - 1]

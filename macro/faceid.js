@@ -126,6 +126,12 @@ const CODE_EVENTS_PATH = '/v1/code-events';
 const CODE_EVENTS_KEPT = 50;
 const CODE_EVENTS_PER_REPORT = 20;
 const CODE_EVENTS_RETRY_MS = 60000;
+/** The numbers the connector must use too (tests/test_macro_rules_agree.py holds them equal). */
+export const SHARED_LIMITS = Object.freeze({
+  codeStepS: CODE_STEP_S, codeMaxMinutes: CODE_MAX_MINUTES, codeDigits: CODE_DIGITS,
+  codeGraceS: CODE_GRACE_S, codeMaxWaitS: CODE_MAX_WAIT_S,
+  codeEventsPerReport: CODE_EVENTS_PER_REPORT, maxConnectors: MAX_CONNECTORS,
+});
 const VERDICTS = ['match', 'no_match', 'error'];
 const LOCKING_STANDBY_STATES = ['EnteringStandby', 'Standby', 'Halfwake'];
 
@@ -545,7 +551,7 @@ function isStatusAnswer(body) {
  * Show the UI. `enroll`: offer "Update my photo", which needs the unlocked session the connector
  * opened with its match (an unlock code opens none).
  */
-async function unlock(person, greeting, enroll) {
+async function unlock(person, greeting, offerEnroll) {
   const mine = generation;
   const current = () => generation === mine;
   state.unlocked = true;
@@ -557,7 +563,7 @@ async function unlock(person, greeting, enroll) {
     await attempt('showing the settings menu', () =>
       xapi.Config.UserInterface.SettingsMenu.Visibility.set('Auto'));
     if (!current()) return false;
-    await showPanels({ logout: true, enroll });
+    await showPanels({ logout: true, enroll: offerEnroll });
     return current();
   });
   if (!done) return;

@@ -17,12 +17,13 @@ import pytest
 from faceid_core.logs import log
 
 from connector.__main__ import main
-from connector.admin.common import OPERATOR_MAX_LEN, iso_time, operator
+from connector.admin.common import OPERATOR_MAX_LEN, operator
 from connector.config import load_config
 from connector.enrollment import EnrollOutcome, audit_enrollment, enroll_image
 from connector.lockout import Lockout
 from connector.memory import MATCH
 from connector.store import LockoutState, Store
+from connector.times import iso_time
 from tests.support.connector_config import BASE
 from tests.support.memory_runtime import PICTURE, REQUEST_ID, SERIALS, Rig
 

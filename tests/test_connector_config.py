@@ -158,7 +158,7 @@ def test_device_defaults_fill_in_and_are_overridden(tmp_path):
         (BASE.replace('path = "state/faceid.db"', 'path = "a.db"\nurl = "postgresql://f@127.0.0.1/f"'),
          "set exactly one of store.path (SQLite, one connector) and store.url"),
         (BASE.replace('path = "state/faceid.db"', 'url = "mysql://f@127.0.0.1/f"'),
-         "store.url must start with postgresql:// (its value is not shown)"),
+         "store.url must start with postgresql:// or postgres:// (its value is not shown)"),
         (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f:hunter2@127.0.0.1/f"'),
          "store.url must not hold a password"),
         (BASE.replace('path = "state/faceid.db"', 'url = "postgresql://f@127.0.0.1/f?password=x"'),

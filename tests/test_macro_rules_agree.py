@@ -34,7 +34,8 @@ from typing import Any
 
 import pytest
 
-from connector import validation
+from connector import unlockcode, validation
+from connector.config.schema import MAX_CONNECTOR_URLS
 from connector.protocol import Authenticator, ReplayCache, decode_key, encode_key
 from connector.store import Store
 
@@ -304,3 +305,15 @@ def test_every_key_the_connector_prints_the_macro_reads_and_no_other(macro):
         expected = connector_key(text)
         assert read == (expected.hex() if expected is not None else None), repr(text)
     assert macro["keys"][: len(KEYS_BYTES)] == [key.hex() for key in KEYS_BYTES]
+
+
+def test_the_macro_and_the_connector_share_the_unlock_code_and_fail_over_numbers(macro):
+    assert macro["limits"] == {
+        "codeStepS": unlockcode.STEP_S,
+        "codeMaxMinutes": unlockcode.MAX_MINUTES,
+        "codeDigits": unlockcode.DIGITS,
+        "codeGraceS": unlockcode.GRACE_S,
+        "codeMaxWaitS": validation.WAIT_MAX_S,
+        "codeEventsPerReport": validation.MAX_CODE_EVENTS,
+        "maxConnectors": MAX_CONNECTOR_URLS,
+    }

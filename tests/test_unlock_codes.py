@@ -45,7 +45,7 @@ from tests.support.connector_config import BASE
 from tests.support.memory_runtime import Rig
 
 VECTOR_KEY = bytes(range(32))
-#: The contract's vectors (/tmp/notes/contract20.md §D), shared with the macro's tests.
+#: The vectors docs/macro.md publishes; macro/test/unlockcode.test.mjs checks the macro on them.
 VECTORS = [
     ("FOC2211X0AB", 5900000, "58420136"),
     ("FOC2211X0AB", 5900001, "71758818"),

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import load_config
+from ..times import iso_time
 from ..unlockcode import DEFAULT_MINUTES, MAX_MINUTES, STEP_S, code_for, expires_step, grouped
-from .common import Exit, admin_audit, iso_time, known_serial, print_json, runtime, whole_number
+from .common import Exit, admin_audit, known_serial, print_json, runtime, whole_number
 
 
 def add_parsers(sub: Any) -> None:

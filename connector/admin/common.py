@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
@@ -95,12 +94,6 @@ def whole_number(high: int) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-def iso_time(t: float) -> str:
-    """A stored time (epoch seconds) as ISO 8601 with its UTC offset, e.g.
-    2026-12-01T13:45:07+00:00: unambiguous to a reader and to a script."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def absolute_ref(ref: str) -> str:

@@ -15,7 +15,8 @@ from faceid_core.errors import bad_request
 from ..config import load_config
 from ..console.auth import admin_name, new_password_hash
 from ..secretref import REF_HELP
-from .common import Exit, admin_audit, iso_time, print_json, print_table, runtime, secret_option
+from ..times import iso_time
+from .common import Exit, admin_audit, print_json, print_table, runtime, secret_option
 
 
 def add_parsers(sub: Any) -> None:

@@ -17,11 +17,11 @@ from faceid_core.logs import traced
 from .. import validation
 from ..config import load_config
 from ..enrollment import audit_enrollment, enroll_image, outcome_of
+from ..times import iso_time
 from .common import (
     Exit,
     admin_audit,
     configured,
-    iso_time,
     known_serial,
     operator,
     print_json,

@@ -24,8 +24,7 @@ from faceid_core.errors import FaceIdError, config_error
 
 from ..device import TlsPolicy
 from ..secretref import check_ref
-from ..store import is_database_url
-from ..store.postgres import holds_password, off_host_without_checked_tls
+from ..store.postgres import url_problem
 from ..tls import normalize_fingerprint
 from .schema import (
     REQUIRED,
@@ -331,18 +330,9 @@ def _store(t: _Table) -> StoreConfig:
             f"set exactly one of {t.field('path')} (SQLite, one connector) and {t.field('url')} "
             "(PostgreSQL, shared by every connector)"
         )
-    if config.url is not None and not is_database_url(config.url):
-        t.problem(f"{t.field('url')} must start with postgresql:// (its value is not shown)")
-    elif config.url is not None and holds_password(config.url):
-        t.problem(
-            f"{t.field('url')} must not hold a password: give it as {t.field('password')}, a "
-            "secret reference"
-        )
-    elif config.url is not None and off_host_without_checked_tls(config.url):
-        t.problem(
-            f"{t.field('url')} reaches a database off this host without checking its certificate: "
-            "add ?sslmode=verify-full (and sslrootcert=...)"
-        )
+    problem = None if config.url is None else url_problem(config.url)
+    if problem is not None:
+        t.problem(f"{t.field('url')} {problem}")
     if config.password is not None and config.url is None:
         t.problem(f"{t.field('password')} is for PostgreSQL: set {t.field('url')} too")
     t.done()

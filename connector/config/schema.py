@@ -27,6 +27,7 @@ from faceid_core.errors import config_error
 
 from ..device import TlsPolicy
 from ..secretref import resolve_secret
+from ..store.postgres import POOL_SIZE
 from ..validation import SERIAL_RE
 
 AuthMode = Literal["google-id-token", "none"]
@@ -247,7 +248,7 @@ class StoreConfig:
     )
     password: str | None = secret(None, "secret reference to the PostgreSQL user's password")
     pool_size: int = integer(
-        10, "most connections a connector holds open to PostgreSQL", low=1, high=200
+        POOL_SIZE, "most connections a connector holds open to PostgreSQL", low=1, high=200
     )
     key: str = secret(REQUIRED, "secret reference to 32 bytes (64 hex characters or base64)")
 
@@ -367,7 +368,9 @@ class WebexConfig:
         REQUIRED, "the room to post to (devices may set their own)", pattern=ROOM_ID_RE
     )
     events: WebexEvents = choice(
-        "failures", '`"failures"` (no match, errors, refusals) or `"all"`', WEBEX_EVENTS
+        "failures",
+        '`"failures"` (no match, errors, refusals; unlock codes always) or `"all"`',
+        WEBEX_EVENTS,
     )
     attach_snapshots: bool = flag(False, "attach the picture of a failed verify (memory only)")
     api_url: str = https_url(

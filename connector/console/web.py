@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from flask import abort, g, render_template
 
-from ..admin.common import iso_time
 from ..runtime import Device, Runtime
 from ..store import AuditEntry
+from ..times import iso_time
 from .auth import ConsoleAuth, ConsoleSession
 from .memo import Expiring
 

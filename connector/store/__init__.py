@@ -1,6 +1,6 @@
 """The connector's state, in SQLite (one connector) or PostgreSQL (any number sharing it)."""
 
-from .core import Store, is_database_url
+from .core import Store
 from .records import (
     AdminInfo,
     AuditEntry,
@@ -32,5 +32,4 @@ __all__ = [
     "Session",
     "Settlement",
     "Store",
-    "is_database_url",
 ]

@@ -25,7 +25,7 @@ from faceid_core.contract import MAX_REFERENCES
 from faceid_core.errors import FaceIdError, Refusal, StoreError, config_error, store_unavailable
 
 from ..names import name_key
-from .postgres import PostgresDatabase
+from .postgres import POOL_SIZE, URL_SCHEMES, PostgresDatabase
 from .records import (
     AdminInfo,
     AuditEntry,
@@ -47,7 +47,6 @@ NONCE_BYTES = 12
 AUDIT_PRUNE_EVERY = 1000
 #: Spent nonces are forgotten, once past their window, every this many.
 NONCE_PRUNE_EVERY = 1000
-POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Rows(Protocol):
@@ -77,7 +76,7 @@ class Database(Protocol):
 
 
 def is_database_url(location: str) -> bool:
-    return location.startswith(POSTGRESQL_SCHEMES)
+    return location.startswith(URL_SCHEMES)
 
 
 def _aad(serial: str, person_id: int, reference_id: int) -> bytes:
@@ -123,7 +122,7 @@ class Store:
         key: bytes,
         *,
         password: str | None = None,
-        pool_size: int = 10,
+        pool_size: int = POOL_SIZE,
         max_audit_rows: int = 100_000,
     ) -> Store:
         """The store at `location`: a SQLite file (created if missing, mode 0600) or a

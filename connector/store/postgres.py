@@ -27,6 +27,8 @@ from psycopg_pool import ConnectionPool
 from .schema import POSTGRESQL, Dialect
 
 CONNECT_TIMEOUT_S = 5
+#: Connections a connector holds open at most, unless store.pool_size says otherwise.
+POOL_SIZE = 10
 #: How long a request waits for a pooled connection, for a row lock, for a statement.
 POOL_WAIT_S = 5.0
 LOCK_TIMEOUT_MS = 5000
@@ -43,6 +45,7 @@ SCRUBBED_TABLES = ("people", "reference_images", "sessions", "device_keys")
 MIGRATION_LOCK = 0x46414345  # "FACE"
 
 
+URL_SCHEMES = ("postgresql://", "postgres://")
 #: What a URL must ask of TLS to reach a database off this host: the server's certificate checked.
 CHECKED_TLS = ("verify-full", "verify-ca")
 #: The environment libpq reads for what a URL leaves out: where to connect, and how.
@@ -92,6 +95,21 @@ def off_host_without_checked_tls(url: str) -> bool:
         named = f"{params.get('host', '')},{params.get('hostaddr', '')}".split(",")
         local = all(_loopback(host) for host in named if host)
     return not local and params.get("sslmode") not in CHECKED_TLS
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a store.url, said after its name; None when nothing is. The value is
+    never repeated (it might hold a password)."""
+    if not url.startswith(URL_SCHEMES):
+        return "must start with postgresql:// or postgres:// (its value is not shown)"
+    if holds_password(url):
+        return "must not hold a password: give it as store.password, a secret reference"
+    if off_host_without_checked_tls(url):
+        return (
+            "reaches a database off this host without checking its certificate: add "
+            "?sslmode=verify-full (and sslrootcert=...)"
+        )
+    return None
 
 
 def _local_socket_only(url: str) -> bool:
@@ -145,15 +163,9 @@ class PostgresDatabase:
         """A pool of up to `pool_size` connections; the first is opened now, so that a wrong
         address or password stops the start with the server's reason."""
         where = describe(url)
-        if holds_password(url):
-            raise config_error(
-                "store.url must not hold a password: give it as store.password (a secret reference)"
-            )
-        if off_host_without_checked_tls(url):
-            raise config_error(
-                f"store.url reaches {where} without checking its certificate: add "
-                "?sslmode=verify-full (and sslrootcert=...) to the URL"
-            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise config_error(f"store.url {problem}")
         options = f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
         kwargs: dict[str, Any] = {
             "autocommit": True,

@@ -7,7 +7,7 @@
  * In:  {names: [...], serials: [...], keys: [...], greet: [...], signed: {key, serials, ts, path}}
  * Out: {names: [what cleanName sends, or null], serials: [cleanSerial], keys: [deviceKeyBytes as
  *       hex, or null], greet: [{unlock, message}], signed: [{serial, authorization, body}],
- *       sweep: see sweep() below}
+ *       sweep: see sweep() below, limits: the numbers the connector must share}
  */
 import { importMacro } from './harness.mjs';
 
@@ -87,4 +87,5 @@ process.stdout.write(JSON.stringify({
   greet: asked.greet.map(greet),
   signed: signed(asked.signed),
   sweep: sweep(),
+  limits: macro.SHARED_LIMITS,
 }));
