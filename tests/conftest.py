@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from connector.store import Store
 from devkit import procs
 from devkit.connector_e2e import open_sessions
 from devkit.fakes.mxface import FakeMXFace
@@ -269,6 +270,34 @@ def pg_store_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> It
 def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
     """Runs the test once on SQLite and once on PostgreSQL (a fresh database)."""
     return backend_for(request, tmp_path)
+
+
+@pytest.fixture
+def key() -> bytes:
+    """A fresh store key."""
+    return os.urandom(32)
+
+
+@pytest.fixture
+def store(store_backend: StoreBackend, key: bytes) -> Iterator[Store]:
+    """The rules every database keeps: each test using it runs on SQLite and on PostgreSQL."""
+    s = store_backend.open(key)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> str:
+    """A store file in a folder the store makes itself (0700)."""
+    return str(tmp_path / "state" / "faceid.db")
+
+
+@pytest.fixture
+def sqlite_store(sqlite_path: str, key: bytes) -> Iterator[Store]:
+    """For what only a SQLite file shows (its bytes, its WAL, a row changed behind its back)."""
+    s = Store.open(sqlite_path, key)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ gets more comparisons than the schedule allows."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -23,19 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def store(store_backend, key):
-    """Every rule here holds on SQLite and on PostgreSQL."""
-    s = store_backend.open(key)
-    yield s
-    s.close()
 
 
 @pytest.fixture

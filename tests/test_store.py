@@ -25,32 +25,6 @@ from devkit.samples import astronaut_jpeg, grace_hopper_jpeg
 SERIAL = "FOC1234X5YZ"
 
 
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "state" / "faceid.db")
-
-
-@pytest.fixture
-def store(store_backend, key):
-    """The rules every database keeps: each test using it runs on SQLite and on PostgreSQL."""
-    s = store_backend.open(key)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sqlite_store(path, key):
-    """For what only a SQLite file shows (its bytes, its WAL, a row changed behind its back)."""
-    s = Store.open(path, key)
-    yield s
-    s.close()
-
-
 def unlock(store: Store, person: str, now: float | None = None) -> None:
     """What a match does: an attempt through the gate, settled as a match for `person`."""
     gate = store.begin_attempt(SERIAL, lambda s: s, lease_s=20, max_wait_s=900, now=now)
@@ -63,11 +37,11 @@ def photo(n: int) -> bytes:
     return b"\xff\xd8\xff" + hashlib.sha256(n.to_bytes(4, "big")).digest() * 2
 
 
-def file_bytes(path: str) -> bytes:
+def file_bytes(sqlite_path: str) -> bytes:
     data = b""
     for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            with open(path + suffix, "rb") as f:
+        if os.path.exists(sqlite_path + suffix):
+            with open(sqlite_path + suffix, "rb") as f:
                 data += f.read()
     return data
 
@@ -89,13 +63,13 @@ def test_reference_photos_round_trip(store):
     assert store.references_for("NOBODY") == []
 
 
-def test_files_hold_no_window_of_any_photo(sqlite_store, path):
+def test_files_hold_no_window_of_any_photo(sqlite_store, sqlite_path):
     images = [grace_hopper_jpeg(), astronaut_jpeg()]
     for n, image in enumerate(images):
         sqlite_store.add_reference(SERIAL, f"person {n}", image)
     sqlite_store.record_audit(action="enroll", serial=SERIAL, person="person 0", outcome="enrolled")
 
-    data = file_bytes(path)
+    data = file_bytes(sqlite_path)
     assert len(data) > sum(map(len, images))  # the ciphertexts are in there
     windows = {data[i : i + 32] for i in range(len(data) - 31)}
     for image in images:
@@ -107,9 +81,9 @@ def test_files_hold_no_window_of_any_photo(sqlite_store, path):
         assert found == []
 
 
-def test_a_new_store_file_is_private(sqlite_store, path):
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+def test_a_new_store_file_is_private(sqlite_store, sqlite_path):
+    assert stat.S_IMODE(os.stat(sqlite_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(sqlite_path)).st_mode) == 0o700
 
 
 def test_a_wrong_key_is_refused_at_open(store, store_backend):
@@ -129,8 +103,8 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path, key):
     assert caught.value.code == "config_error" and str(bogus) in caught.value.message
 
 
-def swap_ciphertexts(path: str, a: int, b: int) -> None:
-    with sqlite3.connect(path) as db:
+def swap_ciphertexts(sqlite_path: str, a: int, b: int) -> None:
+    with sqlite3.connect(sqlite_path) as db:
         rows = {
             rid: (nonce, ct)
             for rid, nonce, ct in db.execute(
@@ -144,19 +118,19 @@ def swap_ciphertexts(path: str, a: int, b: int) -> None:
             )
 
 
-def test_swapped_ciphertexts_fail_to_decrypt(sqlite_store, path):
+def test_swapped_ciphertexts_fail_to_decrypt(sqlite_store, sqlite_path):
     a = sqlite_store.add_reference(SERIAL, "Alice", photo(1)).reference_id
     b = sqlite_store.add_reference(SERIAL, "Mallory", photo(2)).reference_id
-    swap_ciphertexts(path, a, b)
+    swap_ciphertexts(sqlite_path, a, b)
     with pytest.raises(FaceIdError) as caught:
         sqlite_store.references_for(SERIAL)
     assert caught.value.code == "internal_error" and "integrity" in caught.value.message
 
 
-def test_a_photo_moved_to_another_person_fails_to_decrypt(sqlite_store, path):
+def test_a_photo_moved_to_another_person_fails_to_decrypt(sqlite_store, sqlite_path):
     sqlite_store.add_reference(SERIAL, "Alice", photo(1))
     mallory = sqlite_store.add_reference(SERIAL, "Mallory", photo(2))
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute(
             "UPDATE reference_images SET person_id = ? WHERE person_id != ?",
             (mallory.person_id, mallory.person_id),
@@ -232,17 +206,17 @@ KILLED_INSIDE_ENROLLMENT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_an_enrollment_killed_midway_leaves_nothing(sqlite_store, path, key):
+def test_an_enrollment_killed_midway_leaves_nothing(sqlite_store, sqlite_path, key):
     sqlite_store.add_reference("FOC1", "Alice", photo(1))
     result = subprocess.run(
-        [sys.executable, "-c", KILLED_INSIDE_ENROLLMENT, path, key.hex()],
+        [sys.executable, "-c", KILLED_INSIDE_ENROLLMENT, sqlite_path, key.hex()],
         cwd=REPO,
         capture_output=True,
         timeout=60,
     )
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     sqlite_store.close()
-    reopened = Store.open(path, key)
+    reopened = Store.open(sqlite_path, key)
     try:
         assert [p.name for p in reopened.people("FOC1")] == ["Alice"]
         assert len(reopened.references_for("FOC1")) == 1
@@ -311,9 +285,9 @@ def test_removing_a_person_removes_their_photos_and_session(store):
 NAME = "Ada Quuxbridge-Lovelace"  # a name nothing else in the files could contain
 
 
-def sealed_photos(path: str, person: str) -> list[bytes]:
+def sealed_photos(sqlite_path: str, person: str) -> list[bytes]:
     """The ciphertexts of `person`'s photos, as the table holds them."""
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(sqlite_path)
     try:
         return [
             row[0]
@@ -327,34 +301,36 @@ def sealed_photos(path: str, person: str) -> list[bytes]:
         conn.close()
 
 
-def found_on_disk(path: str, secrets: list[bytes]) -> list[bytes]:
+def found_on_disk(sqlite_path: str, secrets: list[bytes]) -> list[bytes]:
     """Those of `secrets` whose bytes are in the database or its -wal file: the whole of a short
     one, or any 48-byte piece of a long one (a photo spans overflow pages, each headed by a
     pointer, so it never lies there in one piece)."""
     data = b""
     for suffix in ("", "-wal"):
-        if os.path.exists(path + suffix):
-            with open(path + suffix, "rb") as f:
+        if os.path.exists(sqlite_path + suffix):
+            with open(sqlite_path + suffix, "rb") as f:
                 data += f.read()
     pieces = {s: [s[i : i + 48] for i in range(0, max(len(s) - 47, 1), 48)] for s in secrets}
     return [s for s in secrets if any(piece in data for piece in pieces[s])]
 
 
-def enroll_to_remove(store: Store, path: str) -> list[bytes]:
+def enroll_to_remove(store: Store, sqlite_path: str) -> list[bytes]:
     """NAME with two real photos, and Bob, who stays; returns what must go with NAME."""
     store.add_reference(SERIAL, NAME, grace_hopper_jpeg())
     store.add_reference(SERIAL, NAME, astronaut_jpeg())
     store.add_reference("OTHER", "Bob", photo(1))
-    secrets = [*sealed_photos(path, NAME), NAME.encode()]
-    assert len(secrets) == 3 and found_on_disk(path, secrets) == secrets  # the scan sees them
+    secrets = [*sealed_photos(sqlite_path, NAME), NAME.encode()]
+    assert (
+        len(secrets) == 3 and found_on_disk(sqlite_path, secrets) == secrets
+    )  # the scan sees them
     return secrets
 
 
 @pytest.mark.parametrize("removal", ["remove_person", "remove_device", "remove_reference"])
 def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(
-    sqlite_store, path, removal
+    sqlite_store, sqlite_path, removal
 ):
-    secrets = enroll_to_remove(sqlite_store, path)
+    secrets = enroll_to_remove(sqlite_store, sqlite_path)
     if removal == "remove_person":
         assert sqlite_store.remove_person(SERIAL, NAME) is True
     elif removal == "remove_device":
@@ -363,31 +339,31 @@ def test_a_removal_leaves_no_byte_of_the_person_in_the_database_or_its_wal(
         for reference in sqlite_store.references(SERIAL, NAME):
             assert sqlite_store.remove_reference(SERIAL, reference.id) is True
         assert sqlite_store.people(SERIAL) == []
-    assert os.path.getsize(path + "-wal") == 0
-    assert found_on_disk(path, secrets) == []
+    assert os.path.getsize(sqlite_path + "-wal") == 0
+    assert found_on_disk(sqlite_path, secrets) == []
     assert sqlite_store.references_for("OTHER") == [("Bob", photo(1))]
 
 
 def test_without_the_checkpoint_the_wal_still_holds_the_removed_person(
-    sqlite_store, path, monkeypatch
+    sqlite_store, sqlite_path, monkeypatch
 ):
     """What the test above guards against: secure_delete zeroes the deleted rows in the newest
     pages, but the -wal file keeps the frames written before, photos and name in them."""
-    secrets = enroll_to_remove(sqlite_store, path)
+    secrets = enroll_to_remove(sqlite_store, sqlite_path)
     monkeypatch.setattr(Store, "scrub", lambda self, after: True)
     assert sqlite_store.remove_person(SERIAL, NAME) is True
     assert sqlite_store.people(SERIAL) == []
-    assert found_on_disk(path, secrets) == secrets
+    assert found_on_disk(sqlite_path, secrets) == secrets
     monkeypatch.undo()
     assert sqlite_store.scrub("the test") is True
-    assert found_on_disk(path, secrets) == []
+    assert found_on_disk(sqlite_path, secrets) == []
 
 
 def test_a_reader_keeping_the_wal_busy_is_reported_and_the_removal_stands(
-    sqlite_store, path, capsys
+    sqlite_store, sqlite_path, capsys
 ):
-    secrets = enroll_to_remove(sqlite_store, path)
-    reader = sqlite3.connect(path, isolation_level=None)
+    secrets = enroll_to_remove(sqlite_store, sqlite_path)
+    reader = sqlite3.connect(sqlite_path, isolation_level=None)
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM people").fetchone()  # a snapshot from before
@@ -399,7 +375,7 @@ def test_a_reader_keeping_the_wal_busy_is_reported_and_the_removal_stands(
     assert "could not empty the store's write-ahead log (busy)" in capsys.readouterr().out
     assert sqlite_store.people(SERIAL) == []
     assert sqlite_store.scrub("the reader left") is True
-    assert found_on_disk(path, secrets) == []
+    assert found_on_disk(sqlite_path, secrets) == []
 
 
 def test_removing_a_device_forgets_it_but_keeps_its_audit(store):
@@ -465,7 +441,7 @@ def test_a_closed_store_answers_store_unavailable(store):
         assert caught.value.code == "store_unavailable"
 
 
-def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(sqlite_store, path, key):
+def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(sqlite_store, sqlite_path, key):
     first, second = os.urandom(32), os.urandom(32)
     assert sqlite_store.device_key(SERIAL) is None
     sqlite_store.set_device_key(SERIAL, first)
@@ -475,20 +451,20 @@ def test_device_keys_are_kept_encrypted_and_replaced_by_a_rotation(sqlite_store,
     )
     assert sqlite_store.device_key(SERIAL) == second
     assert [e.action for e in sqlite_store.audit(serial=SERIAL)] == ["rotate_key"]
-    data = file_bytes(path)
+    data = file_bytes(sqlite_path)
     for secret in (first, second):
         assert secret not in data and secret.hex().encode() not in data
     sqlite_store.close()
-    reopened = Store.open(path, key)
+    reopened = Store.open(sqlite_path, key)
     try:
         assert reopened.device_key(SERIAL) == second
     finally:
         reopened.close()
 
 
-def test_a_device_key_moved_to_another_serial_fails_its_integrity_check(sqlite_store, path):
+def test_a_device_key_moved_to_another_serial_fails_its_integrity_check(sqlite_store, sqlite_path):
     sqlite_store.set_device_key(SERIAL, os.urandom(32))
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE device_keys SET serial = 'OTHER' WHERE serial = ?", (SERIAL,))
     with pytest.raises(FaceIdError) as caught:
         sqlite_store.device_key("OTHER")
@@ -501,17 +477,17 @@ def test_removing_a_device_forgets_its_key(store):
     assert store.device_key(SERIAL) is None
 
 
-def test_a_schema_1_store_is_upgraded_in_place(sqlite_store, path, key):
+def test_a_schema_1_store_is_upgraded_in_place(sqlite_store, sqlite_path, key):
     """Schemas 2 to 4 upgrade the same way: SCHEMA's new tables, then each later version's
     changes (schema.MIGRATIONS)."""
     sqlite_store.add_reference(SERIAL, "Alice Example", photo(1))
     sqlite_store.close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         for table in ("device_keys", "device_reports", "console_sessions", "admins", "nonces"):
             db.execute(f"DROP TABLE {table}")
         db.execute("ALTER TABLE audit DROP COLUMN actor")
         db.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
-    upgraded = Store.open(path, key)
+    upgraded = Store.open(sqlite_path, key)
     try:
         assert [p.name for p in upgraded.people(SERIAL)] == ["Alice Example"]
         upgraded.set_device_key(SERIAL, os.urandom(32))
@@ -525,7 +501,7 @@ def test_a_schema_1_store_is_upgraded_in_place(sqlite_store, path, key):
         assert upgraded.spend_nonce(SERIAL, "n" * 22, now=5.0, window_s=600)
     finally:
         upgraded.close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         assert int(db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0]) == 5
 
 

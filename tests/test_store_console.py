@@ -5,7 +5,6 @@ and a schema 3 store gaining the console's tables in place."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 
 import pytest
@@ -14,32 +13,6 @@ from faceid_core.errors import FaceIdError
 from connector.store import AuditEntry, Store
 
 SERIAL = "FOC1234X5YZ"
-
-
-@pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "faceid.db")
-
-
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def store(store_backend, key):
-    """The rules every database keeps: each test using it runs on SQLite and on PostgreSQL."""
-    s = store_backend.open(key)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sqlite_store(path, key):
-    """For what only a SQLite file shows (its bytes, its WAL, a row changed behind its back)."""
-    s = Store.open(path, key)
-    yield s
-    s.close()
 
 
 def photo(n: int) -> bytes:
@@ -101,9 +74,9 @@ def test_a_persons_photos_are_listed_newest_first_and_read_one_by_one(store):
     assert store.reference_image(SERIAL, 999) is None
 
 
-def test_a_photo_that_fails_its_integrity_check_is_an_error(sqlite_store, path):
+def test_a_photo_that_fails_its_integrity_check_is_an_error(sqlite_store, sqlite_path):
     ref = sqlite_store.add_reference(SERIAL, "Grace", photo(1)).reference_id
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute("UPDATE reference_images SET ciphertext = ? WHERE id = ?", (b"\0" * 64, ref))
     with pytest.raises(FaceIdError) as caught:
         sqlite_store.reference_image(SERIAL, ref)
@@ -127,19 +100,19 @@ def test_removing_a_photo_keeps_the_person_until_their_last_one_and_their_sessio
     assert [e.actor for e in store.audit()] == ["alice", "alice"]  # only what was removed
 
 
-def test_a_schema_3_store_gains_the_consoles_tables_in_place(sqlite_store, path, key):
+def test_a_schema_3_store_gains_the_consoles_tables_in_place(sqlite_store, sqlite_path, key):
     sqlite_store.add_reference(SERIAL, "Grace", photo(1))
     sqlite_store.close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         db.execute("DROP TABLE console_sessions")
         db.execute("DROP TABLE admins")
         db.execute("UPDATE meta SET value = 3 WHERE name = 'schema'")
-    upgraded = Store.open(path, key)
+    upgraded = Store.open(sqlite_path, key)
     try:
         upgraded.add_admin("alice", "hash")
         assert [a.name for a in upgraded.admins()] == ["alice"]
         assert [p.name for p in upgraded.people(SERIAL)] == ["Grace"]
     finally:
         upgraded.close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(sqlite_path) as db:
         assert int(db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0]) == 5

@@ -5,7 +5,6 @@ server that is down is a clear refusal, and connections the server dropped are r
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 import threading
@@ -23,11 +22,6 @@ pytestmark = pytest.mark.slow  # a PostgreSQL server process
 
 SERIAL = "FOC1234X5YZ"
 NAME = "Grace Hopper"
-
-
-@pytest.fixture
-def key() -> bytes:
-    return os.urandom(32)
 
 
 @pytest.fixture
