@@ -294,7 +294,7 @@ def create_app(rt: Runtime) -> Flask:
     def code_events_route() -> Response:
         """What the macro tells of its offline unlock codes (codeevents.py)."""
         device, body = signed_json()
-        events = validation.code_events(body)
+        events = validation.code_events(body, rt.clock())
         recorded = record_events(rt, device, events, g.request_id)
         return _json({"recorded": recorded, "serial": device.serial})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .runtime import Device, Runtime
 from .times import iso_time
-from .validation import CodeEvent, CodeUsed, events_not_ahead
+from .validation import CodeEvent, CodeUsed
 from .webex import CodeOutcome, Event
 
 #: How long an event id is remembered (store.spend_nonce): longer than the macro could keep
@@ -43,10 +43,9 @@ def record_events(rt: Runtime, device: Device, events: list[CodeEvent], request_
     """Audit and tell each event not recorded before (by any connector on the same store), up to
     the device's hourly cap; returns how many were taken: recorded, or dropped over the cap. An
     event is first marked as seen, then audited: a failing audit write is logged with the event
-    (Runtime.audit), and the macro is not asked to send it again. An `at` more than a day ahead
-    of the connector's clock is bad_request, and nothing of the request is recorded."""
+    (Runtime.audit), and the macro is not asked to send it again. `events` are checked already
+    (validation.code_events)."""
     now = rt.clock()
-    events_not_ahead(events, now)
     recorded = dropped = 0
     for event in events:
         # Once the cap refused one, it refuses the rest of the request, unremembered: a misused

@@ -90,20 +90,18 @@ CODE_EVENT_RANGES = {
 }
 
 
-def code_events(body: dict[str, Any]) -> list[CodeEvent]:
+def code_events(body: dict[str, Any], now: float) -> list[CodeEvent]:
     """The events of a POST /v1/code-events body ({"serial", "events"}), every field checked:
-    a kind it does not know, a field missing, unknown or out of range is bad_request."""
-    events = body.get("events")
-    if not isinstance(events, list) or not 1 <= len(events) <= MAX_CODE_EVENTS:
+    a kind it does not know, a field missing, unknown or out of range, or an `at` more than
+    EVENT_AHEAD_MAX_S after `now` (the connector's clock) is bad_request."""
+    items = body.get("events")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_CODE_EVENTS:
         raise bad_request(f"'events' must be a list of 1 to {MAX_CODE_EVENTS} events")
-    return [_code_event(item, f"events[{i}]") for i, item in enumerate(events)]
-
-
-def events_not_ahead(events: list[CodeEvent], now: float) -> None:
-    """bad_request for an event whose `at` is more than EVENT_AHEAD_MAX_S after `now`."""
+    events = [_code_event(item, f"events[{i}]") for i, item in enumerate(items)]
     for i, event in enumerate(events):
         if event.at > now + EVENT_AHEAD_MAX_S:
             raise bad_request(f"'events[{i}].at' is more than a day ahead of the connector's clock")
+    return events
 
 
 def _code_event(item: Any, where: str) -> CodeEvent:

@@ -37,7 +37,7 @@ from connector.unlockcode import (
     expires_step,
     grouped,
 )
-from connector.validation import CodeUsed, CodeWait, code_events
+from connector.validation import UNIX_TIME_MAX, CodeUsed, CodeWait, code_events
 from connector.webex import Event, WebexNotices, markdown
 from devkit.connector_e2e import TwoDevices, open_store, two_devices_with_webex
 from devkit.macro_client import answer_holds, answer_signature, authorization, body_bytes, new_nonce
@@ -53,6 +53,8 @@ VECTORS = [
     ("DEMO-0001", 6000000, "01558037"),
 ]
 USED_ID, WAIT_ID = "0123456789abcdef", "fedcba9876543210"
+#: The connector's clock for reading events: no event of these tests is ahead of it.
+LATEST = float(UNIX_TIME_MAX)
 SERIAL_CHARS = string.ascii_letters + string.digits + "_-"
 
 
@@ -191,13 +193,14 @@ def test_unlock_code_minutes_outside_1_to_720_are_a_usage_error(
 
 def test_well_formed_events_are_read_as_they_were_sent():
     body = {"serial": "S", "events": [used(), wait(wait_s=86400, wrong=1_000_000)]}
-    assert code_events(body) == [
+    assert code_events(body, LATEST) == [
         CodeUsed(USED_ID, 1_800_000_000, 1_800_000_300),
         CodeWait(WAIT_ID, 1_800_000_100, 86400, 1_000_000),
     ]
-    assert len(code_events({"serial": "S", "events": [used(f"{i:016x}") for i in range(20)]})) == 20
+    twenty = {"serial": "S", "events": [used(f"{i:016x}") for i in range(20)]}
+    assert len(code_events(twenty, LATEST)) == 20
     # JSON has one kind of number: 1800000000.0 is the whole number it writes.
-    (same,) = code_events({"serial": "S", "events": [{**used(), "at": 1.8e9}]})
+    (same,) = code_events({"serial": "S", "events": [{**used(), "at": 1.8e9}]}, LATEST)
     assert same == CodeUsed(USED_ID, 1_800_000_000, 1_800_000_300) and type(same.at) is int
 
 
@@ -234,12 +237,12 @@ def test_well_formed_events_are_read_as_they_were_sent():
 def test_malformed_events_are_a_bad_request_naming_the_field(events, said):
     body = {"serial": "S"} if events is None else {"serial": "S", "events": events}
     with pytest.raises(InputError) as refused:
-        code_events(body)
+        code_events(body, LATEST)
     assert refused.value.code == "bad_request" and said in refused.value.message
 
 
 def test_other_members_of_the_body_are_ignored_as_on_every_route():
-    assert code_events({"serial": "S", "events": [used()], "later": 1}) == [
+    assert code_events({"serial": "S", "events": [used()], "later": 1}, LATEST) == [
         CodeUsed(USED_ID, 1_800_000_000, 1_800_000_300)
     ]
 
